@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/config"
+	"github.com/hyperlet/hyperlet/pkg/cri"
+	"github.com/hyperlet/hyperlet/pkg/sandbox"
+	"github.com/hyperlet/hyperlet/pkg/vm"
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
+)
+
+// env is what every subcommand sets up: configuration, directories, the VM
+// driver.
+type env struct {
+	cfg    config.Config
+	o      options
+	driver *qemu.Driver
+	lock   *os.File
+}
+
+func setup(o options) (*env, error) {
+	cfg, err := config.Load(o.config)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{o.root, o.state, filepath.Join(o.state, "vms")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return &env{cfg: cfg, o: o, driver: &qemu.Driver{Binary: cfg.VM.QEMU, TCGCacheMiB: cfg.VM.TCGCacheMiB}}, nil
+}
+
+// lockRoot makes sure one daemon owns root and state.
+func (e *env) lockRoot() error {
+	f, err := os.OpenFile(filepath.Join(e.o.root, "hyperlet.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return fmt.Errorf("%s is in use by another hyperlet: %w", e.o.root, err)
+	}
+	e.lock = f
+	return nil
+}
+
+// vmConfig is a pod VM's configuration from the config file.
+func (e *env) vmConfig(id string) vm.Config {
+	dir := filepath.Join(e.o.state, "vms", id)
+	return vm.Config{
+		ID:         id,
+		Dir:        dir,
+		ConsoleLog: dir + ".console",
+		Kernel:     e.cfg.VM.Kernel,
+		Initrd:     e.cfg.VM.Initrd,
+		KernelArgs: e.cfg.VM.KernelArgs,
+		VCPUs:      e.cfg.VM.VCPUs,
+		MemoryMiB:  e.cfg.VM.MemoryMiB,
+	}
+}
+
+// resolveAccel picks the accelerator (probing once per machine boot: the
+// result is cached in the state directory) and logs the choice.
+func (e *env) resolveAccel(ctx context.Context) (vm.Accel, error) {
+	want, _ := vm.ParseAccel(e.cfg.VM.Accel)
+	for _, f := range []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd} {
+		if _, err := os.Stat(f); err != nil {
+			return "", fmt.Errorf("guest image: %w", err)
+		}
+	}
+	p, err := e.driver.ResolveAccel(ctx, want, e.vmConfig("probe"), sandbox.AgentReady, filepath.Join(e.o.state, "accel-probe.json"))
+	if err != nil {
+		return "", err
+	}
+	klog.InfoS("VM accelerator chosen", "accel", p.Accel, "reason", p.Reason)
+	return p.Accel, nil
+}
+
+func serve(o options) error {
+	e, err := setup(o)
+	if err != nil {
+		return err
+	}
+	if err := e.lockRoot(); err != nil {
+		return err
+	}
+	klog.InfoS("hyperlet starting", "version", version, "config", o.config, "configFound", config.Exists(o.config),
+		"socket", o.socket, "root", o.root, "state", o.state)
+
+	ln, err := listen(o.socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(o.socket)
+
+	// The accelerator probe may take seconds; the CRI answers meanwhile and
+	// reports RuntimeReady=false until it is done.
+	var (
+		mu       sync.Mutex
+		accel    vm.Accel
+		accelErr = errors.New("probing VM accelerator")
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		a, err := e.resolveAccel(ctx)
+		if err != nil {
+			klog.ErrorS(err, "no usable VM accelerator")
+		}
+		mu.Lock()
+		accel, accelErr = a, err
+		mu.Unlock()
+	}()
+
+	svc := cri.New(cri.WithVersion(version), cri.WithAccel(func() (vm.Accel, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return accel, accelErr
+	}))
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
+	svc.Register(g)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.Serve(ln) }()
+	klog.InfoS("serving CRI", "socket", o.socket)
+	select {
+	case sig := <-sigs:
+		// Pods keep running: VMs are in their own sessions and a restarted
+		// daemon reconnects to them.
+		klog.InfoS("shutting down; pods keep running", "signal", sig)
+		stopped := make(chan struct{})
+		go func() { g.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			g.Stop()
+		}
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+}
+
+// listen opens the CRI socket, replacing a stale one but refusing to steal
+// a socket another live daemon serves.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s is served by another process", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

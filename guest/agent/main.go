@@ -1,0 +1,89 @@
+// Command hyperlet-agent is PID 1 of every hyperlet pod VM. It mounts the
+// basic filesystems, reaps orphans, and serves the agent API (api/agent/v1)
+// over ttrpc on a virtio-serial port. It trusts the host: the host owns the
+// VM. It does not trust anything the processes it starts do.
+package main
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+)
+
+// version is set at build time (-ldflags -X main.version=...).
+var version = "dev"
+
+func main() {
+	klog.InitFlags(nil)
+	flag.Parse()
+	pid1 := os.Getpid() == 1
+	if pid1 {
+		if err := mountBase(); err != nil {
+			fatal(err)
+		}
+		applyCmdline()
+		os.Setenv("PATH", defaultPath)
+	}
+	klog.InfoS("hyperlet-agent starting", "version", version, "pid1", pid1)
+
+	procs := newProcTable()
+	sigch := make(chan os.Signal, 16)
+	signal.Notify(sigch, unix.SIGCHLD)
+	go procs.reap(sigch)
+
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		fatal(err)
+	}
+	agentapi.RegisterAgentService(srv, &service{procs: procs, shutdown: powerOff})
+
+	ln := newPortListener(agentapi.Port)
+	for {
+		err := srv.Serve(context.Background(), ln)
+		klog.ErrorS(err, "ttrpc server stopped; restarting")
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// applyCmdline reads agent settings from the kernel command line
+// (hyperlet.v=N sets the log verbosity).
+func applyCmdline() {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, "hyperlet.v="); ok {
+			flag.Set("v", v)
+		}
+	}
+}
+
+// powerOff ends the VM: the host runs QEMU with -no-reboot and the guest
+// kernel with reboot=t, so a restart makes QEMU exit.
+func powerOff() {
+	unix.Sync()
+	klog.Flush()
+	if os.Getpid() != 1 {
+		os.Exit(0)
+	}
+	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
+func fatal(err error) {
+	klog.ErrorS(err, "hyperlet-agent: fatal")
+	klog.Flush()
+	if os.Getpid() == 1 {
+		powerOff()
+	}
+	os.Exit(1)
+}

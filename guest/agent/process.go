@@ -1,0 +1,310 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+)
+
+// outputLimit is how many unacknowledged bytes a stream may hold.
+const outputLimit = 1 << 20
+
+type exitStatus struct {
+	code   int32
+	signal uint32
+	at     time.Time
+}
+
+// process is one process the host started.
+type process struct {
+	id  string
+	pid int
+	os  *os.Process
+	tty *os.File // pty master, nil without a tty
+
+	stdinMu  sync.Mutex
+	stdin    *os.File // nil without stdin or once closed
+	stdinOff uint64
+
+	out [2]*outBuf // indexed by agentapi.Stream
+
+	exited chan struct{}
+	status exitStatus // valid once exited is closed
+}
+
+// procTable is the agent's process table. As PID 1 the agent reaps every
+// child itself (wait4(-1)), so the table's lock is held from fork to
+// registration: an exit reaped before the process is registered is matched
+// once the lock is released.
+type procTable struct {
+	mu    sync.Mutex
+	byID  map[string]*process
+	byPID map[int]*process
+}
+
+func newProcTable() *procTable {
+	return &procTable{byID: map[string]*process{}, byPID: map[int]*process{}}
+}
+
+func (t *procTable) get(id string) (*process, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.byID[id]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "process %q not found", id)
+	}
+	return p, nil
+}
+
+// reap collects every child that exits, ours or orphans.
+func (t *procTable) reap(sigch <-chan os.Signal) {
+	for range sigch {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if pid <= 0 || err != nil {
+				break
+			}
+			t.exited(pid, ws)
+		}
+	}
+}
+
+func (t *procTable) exited(pid int, ws unix.WaitStatus) {
+	t.mu.Lock()
+	p, ok := t.byPID[pid]
+	delete(t.byPID, pid)
+	t.mu.Unlock()
+	if !ok {
+		klog.V(3).InfoS("reaped orphan", "pid", pid)
+		return
+	}
+	st := exitStatus{at: time.Now()}
+	switch {
+	case ws.Signaled():
+		st.signal = uint32(ws.Signal())
+		st.code = 128 + int32(ws.Signal())
+	default:
+		st.code = int32(ws.ExitStatus())
+	}
+	p.status = st
+	close(p.exited)
+	klog.V(1).InfoS("process exited", "id", p.id, "pid", pid, "code", st.code)
+}
+
+// start starts the process a request describes.
+func (t *procTable) start(req *agentapi.StartProcessRequest) (*process, error) {
+	if req.Id == "" || len(req.Args) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "process id and args are required")
+	}
+	env := req.Env
+	if envValue(env, "PATH") == "" {
+		env = append(env, "PATH="+defaultPath)
+	}
+	path, err := lookPath(req.Args[0], envValue(env, "PATH"))
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "%s: %v", req.Args[0], err)
+	}
+	cwd := req.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	cmd := &exec.Cmd{
+		Path: path,
+		Args: req.Args,
+		Env:  env,
+		Dir:  cwd,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setsid: true,
+			Credential: &syscall.Credential{
+				Uid: req.Uid, Gid: req.Gid, Groups: req.AdditionalGids,
+			},
+		},
+	}
+	p := &process{id: req.Id, exited: make(chan struct{})}
+	p.out[agentapi.Stream_STDOUT] = newOutBuf(outputLimit)
+	p.out[agentapi.Stream_STDERR] = newOutBuf(outputLimit)
+
+	var childEnds []*os.File // closed in the agent once the child has them
+	defer func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+	}()
+	var readers [2]io.Reader
+	if req.Tty {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "open pty: %v", err)
+		}
+		childEnds = append(childEnds, slave)
+		if req.Rows > 0 && req.Cols > 0 {
+			pty.Setsize(master, &pty.Winsize{Rows: uint16(req.Rows), Cols: uint16(req.Cols)})
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+		cmd.SysProcAttr.Setctty = true
+		p.tty = master
+		if req.Stdin {
+			p.stdin = master
+		}
+		readers[agentapi.Stream_STDOUT] = master
+	} else {
+		if req.Stdin {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "stdin pipe: %v", err)
+			}
+			childEnds = append(childEnds, r)
+			cmd.Stdin, p.stdin = r, w
+		}
+		for _, s := range []agentapi.Stream{agentapi.Stream_STDOUT, agentapi.Stream_STDERR} {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return nil, status.Errorf(codes.Internal, "output pipe: %v", err)
+			}
+			childEnds = append(childEnds, w)
+			readers[s] = r
+			if s == agentapi.Stream_STDOUT {
+				cmd.Stdout = w
+			} else {
+				cmd.Stderr = w
+			}
+		}
+	}
+
+	t.mu.Lock()
+	if _, dup := t.byID[req.Id]; dup {
+		t.mu.Unlock()
+		closeReaders(readers, p.stdin)
+		return nil, status.Errorf(codes.AlreadyExists, "process %q already exists", req.Id)
+	}
+	err = cmd.Start()
+	if err == nil {
+		p.os, p.pid = cmd.Process, cmd.Process.Pid
+		t.byID[p.id] = p
+		t.byPID[p.pid] = p
+	}
+	t.mu.Unlock()
+	if err != nil {
+		closeReaders(readers, p.stdin)
+		return nil, status.Errorf(codes.FailedPrecondition, "start %s: %v", req.Args[0], err)
+	}
+	for s, r := range readers {
+		if r != nil {
+			go p.out[s].fill(r)
+		} else {
+			p.out[s].close()
+		}
+	}
+	klog.V(1).InfoS("process started", "id", p.id, "pid", p.pid, "args", req.Args)
+	return p, nil
+}
+
+func closeReaders(readers [2]io.Reader, stdin *os.File) {
+	for _, r := range readers {
+		if c, ok := r.(io.Closer); ok {
+			c.Close()
+		}
+	}
+	if stdin != nil {
+		stdin.Close()
+	}
+}
+
+// writeStdin writes data at stream offset off, skipping what was taken before.
+func (p *process) writeStdin(off uint64, data []byte) (uint64, error) {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin == nil {
+		return p.stdinOff, status.Errorf(codes.FailedPrecondition, "process %q has no open stdin", p.id)
+	}
+	if off > p.stdinOff {
+		return p.stdinOff, status.Errorf(codes.OutOfRange, "stdin write at %d, agent has %d", off, p.stdinOff)
+	}
+	skip := p.stdinOff - off
+	if skip >= uint64(len(data)) {
+		return p.stdinOff, nil
+	}
+	n, err := p.stdin.Write(data[skip:])
+	p.stdinOff += uint64(n)
+	if err != nil {
+		return p.stdinOff, status.Errorf(codes.Aborted, "write stdin: %v", err)
+	}
+	return p.stdinOff, nil
+}
+
+func (p *process) closeStdin() error {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin == nil {
+		return nil
+	}
+	if p.tty != nil {
+		// A terminal has no end of input: send the EOF character, as a user
+		// typing ^D would, and keep the master for output.
+		_, err := p.tty.Write([]byte{4})
+		p.stdin = nil
+		return err
+	}
+	err := p.stdin.Close()
+	p.stdin = nil
+	return err
+}
+
+func (p *process) release() {
+	p.stdinMu.Lock()
+	if p.stdin != nil && p.stdin != p.tty {
+		p.stdin.Close()
+	}
+	p.stdin = nil
+	p.stdinMu.Unlock()
+	if p.tty != nil {
+		p.tty.Close()
+	}
+	if p.os != nil {
+		p.os.Release()
+	}
+}
+
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// lookPath resolves a command name against the process's PATH, not the agent's.
+func lookPath(name, path string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			continue
+		}
+		f := filepath.Join(dir, name)
+		if st, err := os.Stat(f); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return f, nil
+		}
+	}
+	return "", fmt.Errorf("executable file not found in PATH %q", path)
+}

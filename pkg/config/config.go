@@ -1,0 +1,100 @@
+// Package config loads hyperlet's configuration file (TOML). A missing file
+// means all defaults; unknown keys are errors, so typos do not pass silently.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// Default locations (the daemon's flags override them).
+const (
+	DefaultConfigFile = "/etc/hyperlet/config.toml"
+	DefaultSocket     = "/run/hyperlet/hyperlet.sock"
+	DefaultRoot       = "/var/lib/hyperlet"
+	DefaultState      = "/run/hyperlet"
+	DefaultShareDir   = "/opt/hyperlet/share"
+)
+
+// Config is the whole file.
+type Config struct {
+	VM VM `toml:"vm"`
+}
+
+// VM configures pod VMs.
+type VM struct {
+	// QEMU is the qemu-system-x86_64 binary.
+	QEMU string `toml:"qemu"`
+	// Kernel and Initrd are the guest kernel (uncompressed vmlinux) and the
+	// agent initramfs.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
+	// Accel is auto, kvm or tcg.
+	Accel string `toml:"accel"`
+	// VCPUs and MemoryMiB size a pod VM.
+	VCPUs     int `toml:"vcpus"`
+	MemoryMiB int `toml:"memory_mib"`
+	// TCGCacheMiB bounds TCG's translation cache per VM (host memory).
+	TCGCacheMiB int `toml:"tcg_cache_mib"`
+	// KernelArgs are appended to the guest kernel command line.
+	KernelArgs []string `toml:"kernel_args"`
+}
+
+// Default returns the configuration used where the file is silent.
+func Default() Config {
+	return Config{VM: VM{
+		QEMU:        "qemu-system-x86_64",
+		Kernel:      filepath.Join(DefaultShareDir, "vmlinux"),
+		Initrd:      filepath.Join(DefaultShareDir, "initrd.img"),
+		Accel:       string(vm.AccelAuto),
+		VCPUs:       1,
+		MemoryMiB:   256,
+		TCGCacheMiB: 64,
+	}}
+}
+
+// Load reads path over the defaults. A missing file is not an error.
+func Load(path string) (Config, error) {
+	cfg := Default()
+	md, err := toml.DecodeFile(path, &cfg)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		return cfg, fmt.Errorf("config %s: unknown keys %v", path, undec)
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks values the daemon cannot start with.
+func (c Config) Validate() error {
+	if _, err := vm.ParseAccel(c.VM.Accel); err != nil {
+		return fmt.Errorf("vm.accel: %w", err)
+	}
+	if c.VM.VCPUs < 1 || c.VM.VCPUs > 64 {
+		return fmt.Errorf("vm.vcpus: %d out of range 1-64", c.VM.VCPUs)
+	}
+	if c.VM.MemoryMiB < 64 {
+		return fmt.Errorf("vm.memory_mib: %d is below 64", c.VM.MemoryMiB)
+	}
+	if c.VM.Kernel == "" || c.VM.Initrd == "" {
+		return errors.New("vm.kernel and vm.initrd must be set")
+	}
+	return nil
+}
+
+// Exists reports whether a config file is present (for logging).
+func Exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

@@ -1,0 +1,343 @@
+// Package qemu runs hyperlet's VMs with QEMU's microvm machine: virtio-mmio
+// devices, the uncompressed guest kernel booted directly (PVH), a QMP socket
+// for control, the agent on a virtio-serial port, and a virtio-scsi
+// controller for disks hot-added after boot.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// DefaultBinary is the QEMU system emulator hyperlet runs.
+const DefaultBinary = "qemu-system-x86_64"
+
+// Driver starts QEMU microvm VMs.
+type Driver struct {
+	// Binary is the QEMU executable; DefaultBinary if empty.
+	Binary string
+	// TCGCacheMiB bounds TCG's translation cache (host memory per VM).
+	TCGCacheMiB int
+}
+
+var _ vm.Hypervisor = (*Driver)(nil)
+
+// Files in a VM's directory. Short names: unix socket paths are limited to
+// 107 bytes.
+const (
+	qmpSock   = "qmp.sock"
+	agentSock = "agent.sock"
+	pidFile   = "qemu.pid"
+	errFile   = "qemu.err"
+)
+
+// maxSockPath is the longest unix socket path the kernel accepts.
+const maxSockPath = 107
+
+// defaultKernelArgs keep boot short and make a guest reboot end QEMU.
+var defaultKernelArgs = []string{
+	"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off", "nomodule",
+	"i8042.noaux", "i8042.nomux", "i8042.dumbkbd", "cryptomgr.notests",
+	"no_timer_check", "rcupdate.rcu_expedited=1",
+}
+
+// args returns QEMU's command line for cfg.
+func (d *Driver) args(cfg vm.Config) []string {
+	machine := "microvm,x-option-roms=off,rtc=off,acpi=off"
+	accel := "tcg"
+	cpu := "max"
+	if cfg.Accel == vm.AccelKVM {
+		// Without PIT and PIC the guest needs the TSC deadline timer, which
+		// KVM provides and TCG does not.
+		machine += ",pit=off,pic=off"
+		accel = "kvm"
+		cpu = "host"
+	} else if d.TCGCacheMiB > 0 {
+		accel += ",tb-size=" + strconv.Itoa(d.TCGCacheMiB)
+	}
+	kargs := append(append([]string{}, defaultKernelArgs...), cfg.KernelArgs...)
+	if cfg.Accel == vm.AccelKVM {
+		kargs = append(kargs, "tsc=reliable")
+	}
+	dir := cfg.Dir
+	return []string{
+		"-name", "hyperlet-" + cfg.ID,
+		"-M", machine,
+		"-accel", accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(cfg.VCPUs),
+		"-m", strconv.Itoa(cfg.MemoryMiB) + "M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", cfg.Kernel,
+		"-initrd", cfg.Initrd,
+		"-append", strings.Join(kargs, " "),
+		"-chardev", "file,id=con,path=" + cfg.ConsoleLog,
+		"-serial", "chardev:con",
+		"-chardev", "socket,id=qmp,path=" + filepath.Join(dir, qmpSock) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(dir, agentSock) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentapi.Port,
+		"-device", "virtio-scsi-device,id=scsi0",
+		"-device", "virtio-rng-device",
+		"-pidfile", filepath.Join(dir, pidFile),
+	}
+}
+
+// Start boots a VM; see vm.Hypervisor.
+func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ConsoleLog == "" {
+		return nil, errors.New("vm config: ConsoleLog is required")
+	}
+	if p := filepath.Join(cfg.Dir, agentSock); len(p) > maxSockPath {
+		return nil, fmt.Errorf("vm dir %s: socket path %d bytes long, limit is %d", cfg.Dir, len(p), maxSockPath)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create vm dir: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(cfg.Dir)
+		}
+	}()
+	errOut, err := os.Create(filepath.Join(cfg.Dir, errFile))
+	if err != nil {
+		return nil, fmt.Errorf("create qemu error log: %w", err)
+	}
+	defer errOut.Close()
+
+	bin := d.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	cmd := exec.Command(bin, d.args(cfg)...)
+	cmd.Stdout, cmd.Stderr = errOut, errOut
+	// Its own session: a VM outlives the daemon that started it, and signals
+	// sent to the daemon's process group do not reach it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	v := &instance{cfg: cfg, cmd: cmd, exited: make(chan struct{})}
+	go v.wait()
+	klog.V(2).InfoS("qemu started", "vm", cfg.ID, "pid", cmd.Process.Pid, "accel", cfg.Accel)
+
+	if err := v.connectQMP(ctx); err != nil {
+		v.Kill()
+		<-v.exited
+		return nil, fmt.Errorf("vm %s: %w%s", cfg.ID, err, v.stderrSuffix())
+	}
+	return v, nil
+}
+
+// instance is one QEMU process.
+type instance struct {
+	cfg vm.Config
+	cmd *exec.Cmd
+
+	mu         sync.Mutex
+	qmp        *qmp
+	nextTarget int
+	stopping   bool
+
+	exited  chan struct{}
+	exitErr error
+	stderr  string
+}
+
+var _ vm.VM = (*instance)(nil)
+
+func (v *instance) ID() string          { return v.cfg.ID }
+func (v *instance) PID() int            { return v.cmd.Process.Pid }
+func (v *instance) AgentSocket() string { return filepath.Join(v.cfg.Dir, agentSock) }
+func (v *instance) ConsoleLog() string  { return v.cfg.ConsoleLog }
+func (v *instance) Exited() <-chan struct{} {
+	return v.exited
+}
+
+// wait reaps QEMU and removes everything the VM had on disk, however it ended.
+func (v *instance) wait() {
+	err := v.cmd.Wait()
+	v.stderr = readTail(filepath.Join(v.cfg.Dir, errFile), 2048)
+	v.mu.Lock()
+	stopping := v.stopping
+	if v.qmp != nil {
+		v.qmp.close()
+	}
+	v.mu.Unlock()
+	if err != nil && !stopping {
+		v.exitErr = &vm.ExitError{ID: v.cfg.ID, Reason: exitReason(err), Stderr: v.stderr}
+	}
+	if rmErr := os.RemoveAll(v.cfg.Dir); rmErr != nil {
+		klog.ErrorS(rmErr, "remove vm dir", "vm", v.cfg.ID)
+	}
+	klog.V(2).InfoS("qemu exited", "vm", v.cfg.ID, "err", err)
+	close(v.exited)
+}
+
+func exitReason(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return "killed by signal " + strconv.Itoa(int(ws.Signal()))
+		}
+		return "exit status " + strconv.Itoa(ee.ExitCode())
+	}
+	return err.Error()
+}
+
+func (v *instance) stderrSuffix() string {
+	s := v.stderr
+	if s == "" {
+		s = readTail(filepath.Join(v.cfg.Dir, errFile), 2048)
+	}
+	if s == "" {
+		return ""
+	}
+	return ": qemu: " + s
+}
+
+// connectQMP waits for QEMU's QMP socket and connects to it.
+func (v *instance) connectQMP(ctx context.Context) error {
+	path := filepath.Join(v.cfg.Dir, qmpSock)
+	for {
+		q, err := dialQMP(ctx, path)
+		if err == nil {
+			v.mu.Lock()
+			v.qmp = q
+			v.mu.Unlock()
+			return nil
+		}
+		select {
+		case <-v.exited:
+			return errors.New("qemu exited during start")
+		case <-ctx.Done():
+			return fmt.Errorf("connect qmp: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	select {
+	case <-v.exited:
+		return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, vm.ErrNotRunning)
+	default:
+	}
+	v.mu.Lock()
+	q := v.qmp
+	v.mu.Unlock()
+	return q.execute(ctx, cmd, args)
+}
+
+// AddDisk attaches a file as a SCSI disk on the VM's virtio-scsi controller.
+func (v *instance) AddDisk(ctx context.Context, d vm.Disk) (vm.DiskAddr, error) {
+	if d.ID == "" || d.Path == "" {
+		return vm.DiskAddr{}, errors.New("add disk: ID and Path are required")
+	}
+	v.mu.Lock()
+	target := v.nextTarget
+	v.nextTarget++
+	v.mu.Unlock()
+	node := "disk" + strconv.Itoa(target)
+	blk := map[string]any{
+		"node-name": node,
+		"driver":    "raw",
+		"read-only": d.ReadOnly,
+		"file": map[string]any{
+			"driver":    "file",
+			"filename":  d.Path,
+			"read-only": d.ReadOnly,
+		},
+	}
+	if _, err := v.execute(ctx, "blockdev-add", blk); err != nil {
+		return vm.DiskAddr{}, fmt.Errorf("add disk %s: %w", d.ID, err)
+	}
+	dev := map[string]any{
+		"driver":  "scsi-hd",
+		"id":      node + "-dev",
+		"bus":     "scsi0.0",
+		"drive":   node,
+		"scsi-id": target,
+		"lun":     0,
+		"serial":  d.ID,
+	}
+	if _, err := v.execute(ctx, "device_add", dev); err != nil {
+		v.execute(context.Background(), "blockdev-del", map[string]any{"node-name": node})
+		return vm.DiskAddr{}, fmt.Errorf("add disk %s: %w", d.ID, err)
+	}
+	return vm.DiskAddr{Target: target, LUN: 0}, nil
+}
+
+// Stop asks QEMU to quit and kills it if it has not by ctx's deadline.
+func (v *instance) Stop(ctx context.Context) error {
+	v.mu.Lock()
+	v.stopping = true
+	v.mu.Unlock()
+	if _, err := v.execute(ctx, "quit", nil); err != nil {
+		klog.V(2).InfoS("qmp quit failed; killing", "vm", v.cfg.ID, "err", err)
+		return v.Kill()
+	}
+	select {
+	case <-v.exited:
+		return nil
+	case <-ctx.Done():
+		return v.Kill()
+	}
+}
+
+// Kill sends SIGKILL to QEMU and waits until it is reaped and cleaned up.
+func (v *instance) Kill() error {
+	v.mu.Lock()
+	v.stopping = true
+	v.mu.Unlock()
+	if err := v.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill vm %s: %w", v.cfg.ID, err)
+	}
+	<-v.exited
+	return nil
+}
+
+func (v *instance) Wait(ctx context.Context) error {
+	select {
+	case <-v.exited:
+		return v.exitErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// readTail returns up to n trailing bytes of a file, trimmed.
+func readTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(st.Size()-n, 0)
+	buf := make([]byte, st.Size()-off)
+	f.ReadAt(buf, off)
+	return strings.TrimSpace(string(buf))
+}

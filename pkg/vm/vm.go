@@ -1,0 +1,133 @@
+// Package vm defines what hyperlet needs from a hypervisor: boot a micro-VM
+// from a kernel and initrd, give it a console log and an agent channel, hot-add
+// disks, and stop it. Drivers live in subpackages (qemu).
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Accel selects CPU virtualisation.
+type Accel string
+
+const (
+	// AccelAuto uses KVM if a probe boot of the guest succeeds under it, TCG otherwise.
+	AccelAuto Accel = "auto"
+	AccelKVM  Accel = "kvm"
+	AccelTCG  Accel = "tcg"
+)
+
+// ParseAccel validates an accelerator name ("" means auto).
+func ParseAccel(s string) (Accel, error) {
+	switch a := Accel(s); a {
+	case "":
+		return AccelAuto, nil
+	case AccelAuto, AccelKVM, AccelTCG:
+		return a, nil
+	}
+	return "", fmt.Errorf("unknown accelerator %q (want auto, kvm or tcg)", s)
+}
+
+// Config describes one VM.
+type Config struct {
+	// ID names the VM; it must be unique among running VMs.
+	ID string
+	// Dir is a directory the VM owns while it runs (sockets, pid file). It
+	// is removed when the VM stops.
+	Dir string
+	// ConsoleLog receives the guest's serial console. It belongs to the
+	// caller and outlives the VM.
+	ConsoleLog string
+
+	Kernel     string
+	Initrd     string
+	KernelArgs []string // appended to the driver's defaults
+
+	VCPUs     int
+	MemoryMiB int
+	// Accel must be AccelKVM or AccelTCG; resolve AccelAuto with a probe first.
+	Accel Accel
+}
+
+// Validate checks a Config before anything is started.
+func (c *Config) Validate() error {
+	switch {
+	case c.ID == "":
+		return errors.New("vm config: empty ID")
+	case c.Dir == "":
+		return errors.New("vm config: empty Dir")
+	case c.Kernel == "" || c.Initrd == "":
+		return errors.New("vm config: kernel and initrd are required")
+	case c.VCPUs < 1 || c.VCPUs > 64:
+		return fmt.Errorf("vm config: %d vCPUs out of range 1-64", c.VCPUs)
+	case c.MemoryMiB < 64:
+		return fmt.Errorf("vm config: %d MiB memory is below 64 MiB", c.MemoryMiB)
+	case c.Accel != AccelKVM && c.Accel != AccelTCG:
+		return fmt.Errorf("vm config: accelerator %q must be resolved to kvm or tcg", c.Accel)
+	}
+	return nil
+}
+
+// Disk is a host file attached to a running VM.
+type Disk struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+}
+
+// DiskAddr says where a hot-added disk appears in the guest: the SCSI
+// target and LUN on the VM's only virtio-scsi controller.
+type DiskAddr struct {
+	Target, LUN int
+}
+
+// Hypervisor starts VMs.
+type Hypervisor interface {
+	// Start boots a VM. The VM is running (not necessarily agent-ready)
+	// when Start returns; on error nothing is left behind.
+	Start(ctx context.Context, cfg Config) (VM, error)
+}
+
+// VM is one running micro-VM.
+type VM interface {
+	ID() string
+	// PID is the host process backing the VM.
+	PID() int
+	// AgentSocket is the unix socket connected to the guest agent's port.
+	AgentSocket() string
+	// ConsoleLog is the path of the serial console log.
+	ConsoleLog() string
+	// AddDisk attaches a disk to the running VM.
+	AddDisk(ctx context.Context, d Disk) (DiskAddr, error)
+	// Stop ends the VM: it asks the hypervisor to quit and kills it if it
+	// does not within the context's deadline. The guest is not asked to shut
+	// down first; callers that can, should (agent Shutdown).
+	Stop(ctx context.Context) error
+	// Kill ends the VM at once.
+	Kill() error
+	// Wait blocks until the VM has exited and its files are removed. It
+	// returns nil for a clean guest shutdown and an ExitError otherwise.
+	Wait(ctx context.Context) error
+	// Exited is closed once the VM has exited and is cleaned up.
+	Exited() <-chan struct{}
+}
+
+// ErrNotRunning is returned for operations on a VM that has exited.
+var ErrNotRunning = errors.New("vm not running")
+
+// ExitError describes a VM that ended other than by a guest shutdown.
+type ExitError struct {
+	ID     string
+	Reason string // e.g. "killed by signal 9"
+	Stderr string // tail of the hypervisor's error output
+}
+
+func (e *ExitError) Error() string {
+	s := fmt.Sprintf("vm %s exited: %s", e.ID, e.Reason)
+	if e.Stderr != "" {
+		s += ": " + e.Stderr
+	}
+	return s
+}
