@@ -1,6 +1,7 @@
 // Command hyperlet is the hyperlet daemon: a CRI runtime that runs every pod
 // in its own micro-VM. `hyperlet` serves the CRI on a unix socket;
-// `hyperlet vm-run -- CMD` boots one throwaway pod VM and runs CMD in it.
+// `hyperlet vm-run -- CMD` boots one throwaway pod VM and runs CMD in it;
+// `hyperlet status` asks a running daemon for its CRI status.
 package main
 
 import (
@@ -51,10 +52,13 @@ func main() {
 		memory := fs.Int("memory", 0, "guest memory in MiB (default: the config's)")
 		fs.Parse(args)
 		code, err = vmRun(o, *memory, fs.Args())
+	case "status":
+		fs.Parse(args)
+		err = status(o)
 	case "version":
 		fmt.Println("hyperlet", version)
 	default:
-		fmt.Fprintf(os.Stderr, "hyperlet: unknown command %q (serve, vm-run, version)\n", cmd)
+		fmt.Fprintf(os.Stderr, "hyperlet: unknown command %q (serve, vm-run, status, version)\n", cmd)
 		os.Exit(2)
 	}
 	klog.Flush()

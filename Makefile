@@ -1,0 +1,58 @@
+# hyperlet — a CRI runtime that runs every pod in its own micro-VM.
+# `make help` lists the targets.
+
+GO      ?= go
+OUT     := _output
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Pinned code generators (make generate). protoc is Debian's protobuf-compiler.
+PROTOC_GEN_GO_VERSION    := v1.36.12
+PROTOC_GEN_TTRPC_VERSION := v1.2.10
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build agent initrd kernel guest test test-unit bench-vm demo generate clean
+
+help: ## list targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install the Debian packages hyperlet builds and runs with (idempotent)
+	hack/install-deps.sh
+
+build: ## build the hyperlet daemon
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperlet ./cmd/hyperlet
+
+agent: ## build the guest agent (static)
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperlet-agent ./guest/agent
+
+initrd: agent ## build initrd.img (agent only) and initrd-test.img (agent + busybox, for tests and the demo)
+	$(GO) run ./guest/initrd -o $(OUT)/initrd.img -agent $(OUT)/hyperlet-agent
+	$(GO) run ./guest/initrd -o $(OUT)/initrd-test.img -agent $(OUT)/hyperlet-agent -busybox /bin/busybox
+
+kernel: ## build the guest kernel (cached per machine by source version and config)
+	guest/kernel/build.sh $(OUT)/vmlinux
+
+guest: kernel initrd ## build everything that goes into a pod VM
+
+test: deps guest ## run the whole test suite, VM tests included (under TCG where KVM cannot boot the guest)
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 45m ./...
+
+test-unit: ## run the tests that need no VM
+	HYPERLET_SKIP_VM_TESTS=1 $(GO) test -count=1 ./...
+
+bench-vm: deps guest ## benchmark cold boot to agent-ready and host memory per idle VM
+	$(GO) run ./hack/bench-vm -output $(OUT)
+
+demo: deps guest build ## install, build, start hyperlet and run a command in a pod VM
+	hack/demo.sh
+
+generate: ## regenerate the agent API code with the pinned generators
+	GOBIN=$(CURDIR)/$(OUT)/tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/$(OUT)/tools $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_TTRPC_VERSION)
+	PATH=$(CURDIR)/$(OUT)/tools:$$PATH protoc -I api/agent/v1 \
+		--go_out=paths=source_relative:api/agent/v1 \
+		--go-ttrpc_out=paths=source_relative:api/agent/v1 api/agent/v1/agent.proto
+
+clean: ## remove build output (the kernel cache in ~/.cache/hyperlet stays)
+	rm -rf $(OUT)
