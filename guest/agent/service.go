@@ -159,3 +159,11 @@ func (s *service) Shutdown(ctx context.Context, _ *agentapi.ShutdownRequest) (*a
 	time.AfterFunc(100*time.Millisecond, s.shutdown)
 	return &agentapi.Empty{}, nil
 }
+
+func (s *service) SetGuestDateTime(ctx context.Context, req *agentapi.SetGuestDateTimeRequest) (*agentapi.Empty, error) {
+	tv := unix.NsecToTimeval(req.UnixNano)
+	if err := unix.Settimeofday(&tv); err != nil {
+		return nil, status.Errorf(codes.Internal, "set time: %v", err)
+	}
+	return &agentapi.Empty{}, nil
+}

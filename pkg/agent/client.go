@@ -183,3 +183,11 @@ func (c *framedConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	return c.fw.Write(p)
 }
+
+// SetTime sets the guest's wall clock to t.
+func (c *Client) SetTime(ctx context.Context, t time.Time) error {
+	_, err := call(ctx, c, "set time", func(s agentapi.AgentService) (*agentapi.Empty, error) {
+		return s.SetGuestDateTime(ctx, &agentapi.SetGuestDateTimeRequest{UnixNano: t.UnixNano()})
+	})
+	return err
+}

@@ -56,6 +56,11 @@ func WaitAgent(ctx context.Context, v vm.VM) (*agent.Client, error) {
 		c.Close()
 		return nil, fmt.Errorf("vm %s: %w", v.ID(), err)
 	}
+	// The guest has no RTC: give it the host's clock before anything runs.
+	if err := c.SetTime(vctx, time.Now()); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("vm %s: %w", v.ID(), err)
+	}
 	return c, nil
 }
 

@@ -324,3 +324,30 @@ func ioPipe() (*os.File, *os.File) {
 	}
 	return r, w
 }
+
+// TestClockAndShutdown: the guest runs on the host's clock, and an agent
+// Shutdown ends QEMU cleanly with nothing left behind.
+func TestClockAndShutdown(t *testing.T) {
+	v := bootVM(t)
+	ctx := testCtx(t, time.Minute)
+	var out bytes.Buffer
+	st, err := v.client.Run(ctx, &agent.ProcessSpec{Id: "date", Args: []string{"date", "+%s"}}, nil, &out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var guest int64
+	fmt.Sscan(out.String(), &guest)
+	if d := time.Since(time.Unix(guest, 0)); d < -time.Minute || d > time.Minute {
+		t.Errorf("guest clock %d is %v off the host's", guest, d)
+	}
+	if at := time.Unix(0, st.ExitedAtUnixNano); time.Since(at) > time.Minute || time.Since(at) < 0 {
+		t.Errorf("exit time %v is not now", at)
+	}
+	if err := v.client.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Wait(ctx); err != nil {
+		t.Fatalf("vm after shutdown: %v, want a clean exit", err)
+	}
+	assertGone(t, v)
+}

@@ -904,6 +904,50 @@ func (x *RemoveProcessRequest) GetId() string {
 	return ""
 }
 
+type SetGuestDateTimeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano      int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetGuestDateTimeRequest) Reset() {
+	*x = SetGuestDateTimeRequest{}
+	mi := &file_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetGuestDateTimeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetGuestDateTimeRequest) ProtoMessage() {}
+
+func (x *SetGuestDateTimeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetGuestDateTimeRequest.ProtoReflect.Descriptor instead.
+func (*SetGuestDateTimeRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetGuestDateTimeRequest) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -912,7 +956,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +968,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +981,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -996,13 +1040,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x06signal\x18\x02 \x01(\rR\x06signal\x12-\n" +
 	"\x13exited_at_unix_nano\x18\x03 \x01(\x03R\x10exitedAtUnixNano\"&\n" +
 	"\x14RemoveProcessRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x11\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x17SetGuestDateTimeRequest\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\"\x11\n" +
 	"\x0fShutdownRequest* \n" +
 	"\x06Stream\x12\n" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\xda\x06\n" +
+	"\x06STDERR\x10\x012\xb4\a\n" +
 	"\x05Agent\x12P\n" +
 	"\aVersion\x12!.hyperlet.agent.v1.VersionRequest\x1a\".hyperlet.agent.v1.VersionResponse\x12_\n" +
 	"\fStartProcess\x12&.hyperlet.agent.v1.StartProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12Y\n" +
@@ -1015,7 +1061,8 @@ const file_agent_proto_rawDesc = "" +
 	"\tResizeTty\x12#.hyperlet.agent.v1.ResizeTtyRequest\x1a\x18.hyperlet.agent.v1.Empty\x12R\n" +
 	"\rSignalProcess\x12'.hyperlet.agent.v1.SignalProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12\\\n" +
 	"\vWaitProcess\x12%.hyperlet.agent.v1.WaitProcessRequest\x1a&.hyperlet.agent.v1.WaitProcessResponse\x12R\n" +
-	"\rRemoveProcess\x12'.hyperlet.agent.v1.RemoveProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
+	"\rRemoveProcess\x12'.hyperlet.agent.v1.RemoveProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12X\n" +
+	"\x10SetGuestDateTime\x12*.hyperlet.agent.v1.SetGuestDateTimeRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
 	"\bShutdown\x12\".hyperlet.agent.v1.ShutdownRequest\x1a\x18.hyperlet.agent.v1.EmptyB1Z/github.com/hyperlet/hyperlet/api/agent/v1;agentb\x06proto3"
 
 var (
@@ -1031,25 +1078,26 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_agent_proto_goTypes = []any{
-	(Stream)(0),                  // 0: hyperlet.agent.v1.Stream
-	(*Empty)(nil),                // 1: hyperlet.agent.v1.Empty
-	(*VersionRequest)(nil),       // 2: hyperlet.agent.v1.VersionRequest
-	(*VersionResponse)(nil),      // 3: hyperlet.agent.v1.VersionResponse
-	(*StartProcessRequest)(nil),  // 4: hyperlet.agent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil), // 5: hyperlet.agent.v1.StartProcessResponse
-	(*WriteStdinRequest)(nil),    // 6: hyperlet.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),   // 7: hyperlet.agent.v1.WriteStdinResponse
-	(*CloseStdinRequest)(nil),    // 8: hyperlet.agent.v1.CloseStdinRequest
-	(*ReadOutputRequest)(nil),    // 9: hyperlet.agent.v1.ReadOutputRequest
-	(*ReadOutputResponse)(nil),   // 10: hyperlet.agent.v1.ReadOutputResponse
-	(*ResizeTtyRequest)(nil),     // 11: hyperlet.agent.v1.ResizeTtyRequest
-	(*SignalProcessRequest)(nil), // 12: hyperlet.agent.v1.SignalProcessRequest
-	(*WaitProcessRequest)(nil),   // 13: hyperlet.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),  // 14: hyperlet.agent.v1.WaitProcessResponse
-	(*RemoveProcessRequest)(nil), // 15: hyperlet.agent.v1.RemoveProcessRequest
-	(*ShutdownRequest)(nil),      // 16: hyperlet.agent.v1.ShutdownRequest
+	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
+	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
+	(*VersionRequest)(nil),          // 2: hyperlet.agent.v1.VersionRequest
+	(*VersionResponse)(nil),         // 3: hyperlet.agent.v1.VersionResponse
+	(*StartProcessRequest)(nil),     // 4: hyperlet.agent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),    // 5: hyperlet.agent.v1.StartProcessResponse
+	(*WriteStdinRequest)(nil),       // 6: hyperlet.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil),      // 7: hyperlet.agent.v1.WriteStdinResponse
+	(*CloseStdinRequest)(nil),       // 8: hyperlet.agent.v1.CloseStdinRequest
+	(*ReadOutputRequest)(nil),       // 9: hyperlet.agent.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil),      // 10: hyperlet.agent.v1.ReadOutputResponse
+	(*ResizeTtyRequest)(nil),        // 11: hyperlet.agent.v1.ResizeTtyRequest
+	(*SignalProcessRequest)(nil),    // 12: hyperlet.agent.v1.SignalProcessRequest
+	(*WaitProcessRequest)(nil),      // 13: hyperlet.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),     // 14: hyperlet.agent.v1.WaitProcessResponse
+	(*RemoveProcessRequest)(nil),    // 15: hyperlet.agent.v1.RemoveProcessRequest
+	(*SetGuestDateTimeRequest)(nil), // 16: hyperlet.agent.v1.SetGuestDateTimeRequest
+	(*ShutdownRequest)(nil),         // 17: hyperlet.agent.v1.ShutdownRequest
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
@@ -1062,19 +1110,21 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 7: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
 	13, // 8: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
 	15, // 9: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
-	16, // 10: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
-	3,  // 11: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 12: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 13: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 14: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 15: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 16: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 17: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 18: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 19: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 20: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	11, // [11:21] is the sub-list for method output_type
-	1,  // [1:11] is the sub-list for method input_type
+	16, // 10: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
+	17, // 11: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
+	3,  // 12: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 13: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 14: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 15: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 16: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 17: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 18: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 19: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 20: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 21: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 22: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	12, // [12:23] is the sub-list for method output_type
+	1,  // [1:12] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1091,7 +1141,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

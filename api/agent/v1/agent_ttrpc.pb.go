@@ -17,6 +17,7 @@ type AgentService interface {
 	SignalProcess(context.Context, *SignalProcessRequest) (*Empty, error)
 	WaitProcess(context.Context, *WaitProcessRequest) (*WaitProcessResponse, error)
 	RemoveProcess(context.Context, *RemoveProcessRequest) (*Empty, error)
+	SetGuestDateTime(context.Context, *SetGuestDateTimeRequest) (*Empty, error)
 	Shutdown(context.Context, *ShutdownRequest) (*Empty, error)
 }
 
@@ -85,6 +86,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.RemoveProcess(ctx, &req)
+			},
+			"SetGuestDateTime": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetGuestDateTimeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetGuestDateTime(ctx, &req)
 			},
 			"Shutdown": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ShutdownRequest
@@ -174,6 +182,14 @@ func (c *agentClient) WaitProcess(ctx context.Context, req *WaitProcessRequest) 
 func (c *agentClient) RemoveProcess(ctx context.Context, req *RemoveProcessRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "RemoveProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetGuestDateTime(ctx context.Context, req *SetGuestDateTimeRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "SetGuestDateTime", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
