@@ -62,11 +62,7 @@ func (l *portListener) accept() (*os.File, error) {
 	if l.next != nil {
 		n, l.next = *l.next, nil
 	} else {
-		if err := waitHostConnected(f); err != nil {
-			f.Close()
-			return nil, err
-		}
-		n, err = agentapi.ReadHello(f)
+		n, err = nextHello(f)
 	}
 	if err == nil {
 		err = agentapi.WriteReady(f, n)
@@ -131,12 +127,42 @@ type portConn struct {
 func (c *portConn) Read(p []byte) (int, error) {
 	n, err := c.fr.Read(p)
 	var ns *agentapi.NewSessionError
-	if errors.As(err, &ns) {
+	switch {
+	case errors.As(err, &ns):
 		klog.V(1).InfoS("agent port: host started a new session")
 		c.l.next = &ns.Nonce
 		return n, io.EOF
+	case isEOF(err):
+		// The host went away. Keep the port open (closing it would discard
+		// input, possibly the next hello) until the host is back and says
+		// hello; then end this session.
+		klog.V(1).InfoS("agent port: host disconnected")
+		h, herr := nextHello(c.File)
+		if herr != nil {
+			return n, herr
+		}
+		c.l.next = &h
+		return n, io.EOF
 	}
 	return n, err
+}
+
+// nextHello waits for the host to be connected and to start a session,
+// skipping stale input. It keeps waiting across host disconnects.
+func nextHello(f *os.File) (agentapi.Nonce, error) {
+	for {
+		if err := waitHostConnected(f); err != nil {
+			return agentapi.Nonce{}, err
+		}
+		n, err := agentapi.ReadHello(f)
+		if !isEOF(err) {
+			return n, err
+		}
+	}
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (c *portConn) Close() error {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"sync"
 	"time"
@@ -38,14 +39,27 @@ type Client struct {
 // that is still booting has its socket up before its agent answers.
 func Dial(ctx context.Context, socket string) (*Client, error) {
 	c := &Client{socket: socket}
+	if err := c.dial(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial connects, retrying until ctx ends.
+func (c *Client) dial(ctx context.Context) error {
 	for {
 		err := c.connect(ctx)
 		if err == nil {
-			return c, nil
+			return nil
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			// QEMU creates the socket before it is started; gone means the
+			// VM is gone.
+			return fmt.Errorf("dial agent %s: %w: %v", c.socket, ErrUnavailable, err)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dial agent %s: %w: %v", socket, ErrUnavailable, err)
+			return fmt.Errorf("dial agent %s: %w: %v", c.socket, ErrUnavailable, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -118,7 +132,7 @@ func call[T any](ctx context.Context, c *Client, name string, fn func(agentapi.A
 	c.mu.Unlock()
 	if stale {
 		rctx, cancel := context.WithTimeout(ctx, redialTimeout)
-		err := c.connect(rctx)
+		err := c.dial(rctx)
 		cancel()
 		if err != nil {
 			var zero T
@@ -159,8 +173,9 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return wrap("shutdown", err)
 }
 
-// Reconnect drops the current connection and dials a new one. Calls in
-// flight on the old connection are retried on the new one.
+// Reconnect drops the current connection and dials a new one, retrying
+// until ctx ends. Calls in flight on the old connection are retried on the
+// new one.
 func (c *Client) Reconnect(ctx context.Context) error {
 	c.mu.Lock()
 	old := c.conn
@@ -168,7 +183,7 @@ func (c *Client) Reconnect(ctx context.Context) error {
 	if old != nil {
 		old.Close()
 	}
-	return c.connect(ctx)
+	return c.dial(ctx)
 }
 
 // framedConn frames what the host writes (see api/agent/v1/channel.go).

@@ -3,10 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
+	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
 func TestEchoHello(t *testing.T) {
@@ -20,5 +22,40 @@ func TestEchoHello(t *testing.T) {
 	}
 	if st.ExitCode != 0 || out.String() != "hello\n" || errb.Len() != 0 {
 		t.Fatalf("echo hello: code %d, stdout %q, stderr %q", st.ExitCode, out.String(), errb.String())
+	}
+}
+
+// TestAttachAfterRestart re-adopts a running VM from its directory, as a
+// restarted daemon does, runs a command through a new agent connection and
+// stops it with nothing left behind. A VM that is gone cannot be attached.
+func TestAttachAfterRestart(t *testing.T) {
+	v := bootVM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v.client.Close() // the old daemon's connection dies with it
+
+	v2, err := driver.Attach(ctx, v.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.PID() != v.PID() {
+		t.Fatalf("attached pid %d, want %d", v2.PID(), v.PID())
+	}
+	c, err := agent.Dial(ctx, v2.AgentSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.client = c
+	var out bytes.Buffer
+	if st, err := c.Run(ctx, &agent.ProcessSpec{Id: "echo", Args: []string{"echo", "again"}}, nil, &out, nil); err != nil || st.ExitCode != 0 || out.String() != "again\n" {
+		t.Fatalf("run after attach: %v %v %q", st, err, out.String())
+	}
+	if err := v2.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-v.Exited()
+	assertGone(t, v)
+	if _, err := driver.Attach(ctx, v.cfg); !errors.Is(err, vm.ErrNotRunning) {
+		t.Fatalf("attach to a stopped VM: %v, want ErrNotRunning", err)
 	}
 }

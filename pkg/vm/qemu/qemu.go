@@ -136,11 +136,17 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	v := &instance{cfg: cfg, cmd: cmd, exited: make(chan struct{})}
+	v := &instance{
+		cfg:     cfg,
+		pid:     cmd.Process.Pid,
+		signal:  cmd.Process.Signal,
+		waitPID: func() error { return exitError(cfg.ID, cmd.Wait()) },
+		exited:  make(chan struct{}),
+	}
 	go v.wait()
 	klog.V(2).InfoS("qemu started", "vm", cfg.ID, "pid", cmd.Process.Pid, "accel", cfg.Accel)
 
-	if err := v.connectQMP(ctx); err != nil {
+	if err := v.waitQMP(ctx); err != nil {
 		v.Kill()
 		<-v.exited
 		return nil, fmt.Errorf("vm %s: %w%s", cfg.ID, err, v.stderrSuffix())
@@ -148,13 +154,15 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	return v, nil
 }
 
-// instance is one QEMU process.
+// instance is one QEMU process, started by this process or attached to
+// after a daemon restart.
 type instance struct {
-	cfg vm.Config
-	cmd *exec.Cmd
+	cfg     vm.Config
+	pid     int
+	signal  func(os.Signal) error
+	waitPID func() error // blocks until QEMU exits; nil error for a clean exit
 
 	mu         sync.Mutex
-	qmp        *qmp
 	nextTarget int
 	stopping   bool
 
@@ -166,7 +174,7 @@ type instance struct {
 var _ vm.VM = (*instance)(nil)
 
 func (v *instance) ID() string          { return v.cfg.ID }
-func (v *instance) PID() int            { return v.cmd.Process.Pid }
+func (v *instance) PID() int            { return v.pid }
 func (v *instance) AgentSocket() string { return filepath.Join(v.cfg.Dir, agentSock) }
 func (v *instance) ConsoleLog() string  { return v.cfg.ConsoleLog }
 func (v *instance) Exited() <-chan struct{} {
@@ -175,16 +183,15 @@ func (v *instance) Exited() <-chan struct{} {
 
 // wait reaps QEMU and removes everything the VM had on disk, however it ended.
 func (v *instance) wait() {
-	err := v.cmd.Wait()
+	err := v.waitPID()
 	v.stderr = readTail(filepath.Join(v.cfg.Dir, errFile), 2048)
 	v.mu.Lock()
 	stopping := v.stopping
-	if v.qmp != nil {
-		v.qmp.close()
-	}
 	v.mu.Unlock()
-	if err != nil && !stopping {
-		v.exitErr = &vm.ExitError{ID: v.cfg.ID, Reason: exitReason(err), Stderr: v.stderr}
+	var ee *vm.ExitError
+	if errors.As(err, &ee) && !stopping {
+		ee.Stderr = v.stderr
+		v.exitErr = ee
 	}
 	if rmErr := os.RemoveAll(v.cfg.Dir); rmErr != nil {
 		klog.ErrorS(rmErr, "remove vm dir", "vm", v.cfg.ID)
@@ -193,15 +200,20 @@ func (v *instance) wait() {
 	close(v.exited)
 }
 
-func exitReason(err error) string {
+// exitError turns cmd.Wait's result into a vm.ExitError (nil for exit 0).
+func exitError(id string, err error) error {
+	if err == nil {
+		return nil
+	}
+	reason := err.Error()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
+		reason = "exit status " + strconv.Itoa(ee.ExitCode())
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return "killed by signal " + strconv.Itoa(int(ws.Signal()))
+			reason = "killed by signal " + strconv.Itoa(int(ws.Signal()))
 		}
-		return "exit status " + strconv.Itoa(ee.ExitCode())
 	}
-	return err.Error()
+	return &vm.ExitError{ID: id, Reason: reason}
 }
 
 func (v *instance) stderrSuffix() string {
@@ -215,16 +227,13 @@ func (v *instance) stderrSuffix() string {
 	return ": qemu: " + s
 }
 
-// connectQMP waits for QEMU's QMP socket and connects to it.
-func (v *instance) connectQMP(ctx context.Context) error {
+// waitQMP waits until QEMU answers on its QMP socket.
+func (v *instance) waitQMP(ctx context.Context) error {
 	path := filepath.Join(v.cfg.Dir, qmpSock)
 	for {
 		q, err := dialQMP(ctx, path)
 		if err == nil {
-			v.mu.Lock()
-			v.qmp = q
-			v.mu.Unlock()
-			return nil
+			return q.close()
 		}
 		select {
 		case <-v.exited:
@@ -242,9 +251,13 @@ func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawM
 		return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, vm.ErrNotRunning)
 	default:
 	}
-	v.mu.Lock()
-	q := v.qmp
-	v.mu.Unlock()
+	// One connection per command: QMP serves one client at a time, and
+	// nothing stays connected that a daemon restart would have to undo.
+	q, err := dialQMP(ctx, filepath.Join(v.cfg.Dir, qmpSock))
+	if err != nil {
+		return nil, err
+	}
+	defer q.close()
 	return q.execute(ctx, cmd, args)
 }
 
@@ -309,7 +322,7 @@ func (v *instance) Kill() error {
 	v.mu.Lock()
 	v.stopping = true
 	v.mu.Unlock()
-	if err := v.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := v.signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("kill vm %s: %w", v.cfg.ID, err)
 	}
 	<-v.exited

@@ -104,4 +104,3 @@ type QMPError struct {
 }
 
 func (e *QMPError) Error() string { return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc) }
-

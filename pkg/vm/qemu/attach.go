@@ -1,0 +1,81 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// Attach takes over a VM started earlier, by this daemon before a restart,
+// from its directory (cfg as it was at Start). If the VM is gone, its leftover
+// directory is removed and the error wraps vm.ErrNotRunning.
+func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
+	pid, err := findQEMU(cfg)
+	if err != nil {
+		os.RemoveAll(cfg.Dir)
+		return nil, fmt.Errorf("attach vm %s: %w: %v", cfg.ID, vm.ErrNotRunning, err)
+	}
+	// A pidfd pins the process: no confusion with a reused pid from here on.
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attach vm %s: pidfd: %w", cfg.ID, err)
+	}
+	v := &instance{
+		cfg: cfg,
+		pid: pid,
+		signal: func(s os.Signal) error {
+			err := unix.PidfdSendSignal(pidfd, s.(syscall.Signal), nil, 0)
+			if err == unix.ESRCH {
+				return os.ErrProcessDone
+			}
+			return err
+		},
+		waitPID: func() error {
+			defer unix.Close(pidfd)
+			for {
+				fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+				if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+					break
+				}
+			}
+			// Not our child: its exit status is not ours to read.
+			return &vm.ExitError{ID: cfg.ID, Reason: "exited while attached (status not observable)"}
+		},
+		exited: make(chan struct{}),
+	}
+	go v.wait()
+	if err := v.waitQMP(ctx); err != nil {
+		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
+	}
+	return v, nil
+}
+
+// findQEMU returns the pid in the VM's pid file if that process is the VM's
+// QEMU.
+func findQEMU(cfg vm.Config) (int, error) {
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, pidFile))
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("pid file: %w", err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, fmt.Errorf("process %d: %w", pid, err)
+	}
+	if !bytes.Contains(cmdline, []byte("\x00hyperlet-"+cfg.ID+"\x00")) {
+		return 0, fmt.Errorf("process %d is not the QEMU of vm %s", pid, cfg.ID)
+	}
+	return pid, nil
+}
