@@ -136,7 +136,7 @@ func call[T any](ctx context.Context, c *Client, name string, fn func(agentapi.A
 		cancel()
 		if err != nil {
 			var zero T
-			return zero, fmt.Errorf("agent %s: %w: connection lost, reconnect: %v", name, ErrUnavailable, err)
+			return zero, fmt.Errorf("agent %s: connection lost, reconnect: %w", name, err)
 		}
 	}
 	svc, _ = c.service()
