@@ -139,4 +139,3 @@ func TestDialMissingSocket(t *testing.T) {
 		t.Fatal("Dial waited for the deadline on a missing socket")
 	}
 }
-

@@ -39,7 +39,9 @@ func outputDir() string {
 }
 
 func kernel() string { return envOr("HYPERLET_KERNEL", filepath.Join(outputDir(), "vmlinux")) }
-func initrd() string { return envOr("HYPERLET_TEST_INITRD", filepath.Join(outputDir(), "initrd-test.img")) }
+func initrd() string {
+	return envOr("HYPERLET_TEST_INITRD", filepath.Join(outputDir(), "initrd-test.img"))
+}
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
