@@ -1,0 +1,42 @@
+package qemu
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+func TestArgs(t *testing.T) {
+	base := vm.Config{ID: "p1", Dir: "/run/h/p1", ConsoleLog: "/var/log/p1.console", Kernel: "/k", Initrd: "/i",
+		VCPUs: 2, MemoryMiB: 512, KernelArgs: []string{"hyperlet.v=2"}}
+	tests := []struct {
+		accel   vm.Accel
+		want    []string
+		notWant []string
+	}{
+		{vm.AccelTCG,
+			[]string{"-accel tcg,tb-size=32", "-M microvm,x-option-roms=off,rtc=off,acpi=off -accel", "-smp 2", "-m 512M", "hyperlet.v=2", "reboot=t", "-no-reboot",
+				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0", "path=/var/log/p1.console", "/run/h/p1/qmp.sock"},
+			[]string{"pit=off", "tsc=reliable", "-cpu host"}},
+		{vm.AccelKVM,
+			[]string{"-accel kvm", "pit=off,pic=off", "-cpu host", "tsc=reliable"},
+			[]string{"tb-size"}},
+	}
+	d := &Driver{TCGCacheMiB: 32}
+	for _, tc := range tests {
+		cfg := base
+		cfg.Accel = tc.accel
+		line := strings.Join(d.args(cfg), " ")
+		for _, w := range tc.want {
+			if !strings.Contains(line, w) {
+				t.Errorf("%s: command line lacks %q:\n%s", tc.accel, w, line)
+			}
+		}
+		for _, w := range tc.notWant {
+			if strings.Contains(line, w) {
+				t.Errorf("%s: command line has %q:\n%s", tc.accel, w, line)
+			}
+		}
+	}
+}
