@@ -10,6 +10,7 @@ pkgs=(
 	busybox-static       # userland of the test/demo initrd
 	cpio                 # checks the initrd format in tests
 	protobuf-compiler    # make generate
+	docker-registry      # a real registry for the image pull tests
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -25,7 +25,46 @@ const (
 
 // Config is the whole file.
 type Config struct {
-	VM VM `toml:"vm"`
+	VM       VM       `toml:"vm"`
+	Registry Registry `toml:"registry"`
+}
+
+// Registry configures image pulls, with the syntax of containerd's CRI
+// plugin: [registry.mirrors."HOST"] endpoint = [...], and
+// [registry.configs."HOST".tls] / [registry.configs."HOST".auth].
+type Registry struct {
+	Mirrors map[string]Mirror       `toml:"mirrors"`
+	Configs map[string]RegistryHost `toml:"configs"`
+}
+
+// Mirror lists endpoints (URLs, http:// for plain HTTP) tried in order for
+// a registry host before the host itself.
+type Mirror struct {
+	Endpoints []string `toml:"endpoint"`
+}
+
+// RegistryHost configures TLS and credentials for one host (a registry or a
+// mirror endpoint's host:port).
+type RegistryHost struct {
+	TLS  *RegistryTLS  `toml:"tls"`
+	Auth *RegistryAuth `toml:"auth"`
+}
+
+// RegistryTLS configures TLS for a host.
+type RegistryTLS struct {
+	InsecureSkipVerify bool   `toml:"insecure_skip_verify"`
+	CAFile             string `toml:"ca_file"`
+	CertFile           string `toml:"cert_file"`
+	KeyFile            string `toml:"key_file"`
+}
+
+// RegistryAuth holds credentials for a host, used when the CRI caller sends
+// none.
+type RegistryAuth struct {
+	Username      string `toml:"username"`
+	Password      string `toml:"password"`
+	Auth          string `toml:"auth"`
+	IdentityToken string `toml:"identitytoken"`
 }
 
 // VM configures pod VMs.

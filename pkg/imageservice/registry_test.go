@@ -1,0 +1,297 @@
+package imageservice
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hyperlet/hyperlet/pkg/config"
+)
+
+// registry is Debian's docker-registry, started for one test on loopback.
+type registry struct {
+	host string // 127.0.0.1:port
+	auth authn.Authenticator
+}
+
+func startRegistry(t *testing.T, user, pass string) *registry {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Fatalf("registry tests need Debian's docker-registry (make deps): %v", err)
+	}
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	authCfg := ""
+	r := &registry{host: host, auth: authn.Anonymous}
+	if user != "" {
+		h, _ := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+		os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(user+":"+string(h)+"\n"), 0o600)
+		authCfg = fmt.Sprintf("auth:\n  htpasswd:\n    realm: test\n    path: %s\n", filepath.Join(dir, "htpasswd"))
+		r.auth = &authn.Basic{Username: user, Password: pass}
+	}
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s", filepath.Join(dir, "data"), host, authCfg)
+	cfgPath := filepath.Join(dir, "config.yml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	cmd := exec.Command(bin, "serve", cfgPath)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; i < 100; i++ {
+		if resp, err := http.Get("http://" + host + "/v2/"); err == nil {
+			resp.Body.Close()
+			return r
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("docker-registry did not start:\n%s", logs.String())
+	return nil
+}
+
+// layer builds a layer from name -> content.
+func layer(t *testing.T, files map[string]string) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for n, c := range files {
+		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(c)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(c))
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (ioReadCloser, error) { return nopCloser{bytes.NewReader(b)}, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// testImage is a two-layer image; base is shared between images.
+func testImage(t *testing.T, base v1.Layer, marker, user string) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, base, layer(t, map[string]string{"marker": marker}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.User = user
+	cf.Config.Cmd = []string{"sh"}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func (r *registry) push(t *testing.T, ref string, img v1.Image) {
+	t.Helper()
+	tag, err := name.NewTag(r.host+"/"+ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img, remote.WithAuth(r.auth)); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+func (r *registry) pushIndex(t *testing.T, ref string, idx v1.ImageIndex) {
+	t.Helper()
+	tag, _ := name.NewTag(r.host+"/"+ref, name.Insecure)
+	if err := remote.WriteIndex(tag, idx, remote.WithAuth(r.auth)); err != nil {
+		t.Fatalf("push index %s: %v", ref, err)
+	}
+}
+
+// mirrorConfig maps the fictitious registry "registry.test" to r.
+func mirrorConfig(r *registry) config.Registry {
+	return config.Registry{Mirrors: map[string]config.Mirror{"registry.test": {Endpoints: []string{"http://" + r.host}}}}
+}
+
+func newService(t *testing.T, reg config.Registry) *Service {
+	t.Helper()
+	s, err := New(t.TempDir(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestPullTagsDigestsAndRemove(t *testing.T) {
+	r := startRegistry(t, "", "")
+	base := layer(t, map[string]string{"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n"})
+	imgA := testImage(t, base, "a", "www-data")
+	imgB := testImage(t, base, "b", "1002:1004")
+	r.push(t, "hyperlet/a:1", imgA)
+	r.push(t, "hyperlet/a-alias:latest", imgA) // same image, second name
+	r.push(t, "hyperlet/b:1", imgB)
+	s := newService(t, mirrorConfig(r))
+	ctx := context.Background()
+
+	a, err := s.Pull(ctx, "registry.test/hyperlet/a:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgA, _ := imgA.ConfigName()
+	manA, _ := imgA.Digest()
+	if string(a.ID) != cfgA.String() || a.User != "www-data" || len(a.Layers) != 2 {
+		t.Fatalf("image = %+v, want ID %s", a, cfgA)
+	}
+	if want := "registry.test/hyperlet/a@" + manA.String(); a.RepoDigests[0] != want || a.RepoTags[0] != "registry.test/hyperlet/a:1" {
+		t.Fatalf("names = %v %v", a.RepoTags, a.RepoDigests)
+	}
+	// The second name of the same image joins the same record.
+	if a2, err := s.Pull(ctx, "registry.test/hyperlet/a-alias", nil); err != nil || a2.ID != a.ID || len(a2.RepoTags) != 2 {
+		t.Fatalf("alias pull = %+v, %v", a2, err)
+	}
+	// By digest.
+	byDigest, err := s.Pull(ctx, "registry.test/hyperlet/a@"+manA.String(), nil)
+	if err != nil || byDigest.ID != a.ID {
+		t.Fatalf("digest pull = %+v, %v", byDigest, err)
+	}
+	for _, ref := range []string{"registry.test/hyperlet/a:1", a.ID.String(), a.ID.Encoded(), "registry.test/hyperlet/a@" + manA.String()} {
+		if got, err := s.Get(ref); err != nil || got.ID != a.ID {
+			t.Errorf("Get(%s) = %v, %v", ref, got, err)
+		}
+	}
+	if _, err := s.Get("registry.test/hyperlet/nope:1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(missing) = %v", err)
+	}
+
+	before, _ := s.Usage()
+	b, err := s.Pull(ctx, "registry.test/hyperlet/b:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withB, _ := s.Usage()
+	if withB.Bytes <= before.Bytes {
+		t.Errorf("usage did not grow with a pull: %d -> %d", before.Bytes, withB.Bytes)
+	}
+	if err := s.Remove("registry.test/hyperlet/b:1"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.Usage()
+	if after.Bytes != before.Bytes {
+		t.Errorf("usage after removing b = %d, want %d as before pulling it", after.Bytes, before.Bytes)
+	}
+	// The shared base layer is still there for a.
+	if !s.store.Has(a.Layers[0]) || s.store.Has(b.Layers[1]) {
+		t.Error("removal freed a shared layer or kept b's own layer")
+	}
+	if err := s.Remove("registry.test/hyperlet/b:1"); err != nil {
+		t.Errorf("removing a missing image: %v", err)
+	}
+	if imgs, _ := s.List(); len(imgs) != 1 {
+		t.Errorf("List = %d images, want 1", len(imgs))
+	}
+}
+
+func TestPullIndexSelectsLinuxAmd64(t *testing.T) {
+	r := startRegistry(t, "", "")
+	base := layer(t, map[string]string{"etc/passwd": "root:x:0:0::/:/bin/sh\n"})
+	amd := testImage(t, base, "amd64", "")
+	arm := testImage(t, base, "arm64", "")
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+	)
+	r.pushIndex(t, "hyperlet/multi:1", idx)
+	s := newService(t, mirrorConfig(r))
+	img, err := s.Pull(context.Background(), "registry.test/hyperlet/multi:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := amd.ConfigName()
+	idxDigest, _ := idx.Digest()
+	if string(img.ID) != want.String() {
+		t.Fatalf("pulled %s, want the amd64 image %s", img.ID, want)
+	}
+	if img.RepoDigests[0] != "registry.test/hyperlet/multi@"+idxDigest.String() {
+		t.Fatalf("RepoDigests = %v, want the index digest", img.RepoDigests)
+	}
+}
+
+func TestPullAuth(t *testing.T) {
+	r := startRegistry(t, "alice", "s3cret")
+	r.push(t, "private/img:1", testImage(t, layer(t, map[string]string{"f": "x"}), "p", ""))
+	ref := "registry.test/private/img:1"
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		reg  func(config.Registry) config.Registry
+		auth *Auth
+		ok   bool
+	}{
+		{name: "anonymous refused", ok: false},
+		{name: "wrong password", auth: &Auth{Username: "alice", Password: "nope"}, ok: false},
+		{name: "CRI credentials", auth: &Auth{Username: "alice", Password: "s3cret"}, ok: true},
+		{name: "CRI auth string", auth: &Auth{Auth: "YWxpY2U6czNjcmV0"}, ok: true},
+		{name: "configured credentials", reg: func(c config.Registry) config.Registry {
+			c.Configs = map[string]config.RegistryHost{r.host: {Auth: &config.RegistryAuth{Username: "alice", Password: "s3cret"}}}
+			return c
+		}, ok: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := mirrorConfig(r)
+			if tc.reg != nil {
+				reg = tc.reg(reg)
+			}
+			_, err := newService(t, reg).Pull(ctx, ref, tc.auth)
+			if (err == nil) != tc.ok {
+				t.Fatalf("pull: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	tests := map[string]string{
+		"busybox":                         "docker.io/library/busybox:latest",
+		"busybox:1.36":                    "docker.io/library/busybox:1.36",
+		"registry.k8s.io/pause:3.9":       "registry.k8s.io/pause:3.9",
+		"127.0.0.1:5000/x/y":              "127.0.0.1:5000/x/y:latest",
+		"quay.io/a/b@sha256:" + hex64('a'): "quay.io/a/b@sha256:" + hex64('a'),
+	}
+	for in, want := range tests {
+		got, err := Normalize(in)
+		if err != nil || got.String() != want {
+			t.Errorf("Normalize(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "library/BusyBox", "a b", "x@sha256:short"} {
+		if _, err := Normalize(bad); !errors.Is(err, ErrInvalidReference) {
+			t.Errorf("Normalize(%q) = %v, want ErrInvalidReference", bad, err)
+		}
+	}
+}
+
+func hex64(c byte) string { return string(bytes.Repeat([]byte{c}, 64)) }

@@ -1,0 +1,155 @@
+package imageservice
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/hyperlet/hyperlet/pkg/config"
+)
+
+// Service is hyperlet's image store: pulls, records, removal, usage.
+type Service struct {
+	root     string
+	store    *Store
+	db       *imageDB
+	registry config.Registry
+	pulls    singleflight.Group
+	gcMu     sync.RWMutex // pulls read-lock; removal + GC write-lock
+}
+
+// New opens the image service rooted at root (e.g. <hyperlet root>/images).
+func New(root string, reg config.Registry) (*Service, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, err
+	}
+	store, err := NewStore(filepath.Join(root, "content"))
+	if err != nil {
+		return nil, err
+	}
+	db, err := openImageDB(root)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{root: root, store: store, db: db, registry: reg}, nil
+}
+
+// Close releases the database.
+func (s *Service) Close() error { return s.db.close() }
+
+// List returns every image.
+func (s *Service) List() ([]*Image, error) { return s.db.list() }
+
+var idPattern = regexp.MustCompile(`^(sha256:)?[a-f0-9]{64}$`)
+
+// Get finds an image by ID, tag or digest reference.
+func (s *Service) Get(ref string) (*Image, error) {
+	all, err := s.db.list()
+	if err != nil {
+		return nil, err
+	}
+	img := find(all, ref)
+	if img == nil {
+		return nil, fmt.Errorf("%s: %w", ref, ErrNotFound)
+	}
+	return img, nil
+}
+
+func find(all []*Image, ref string) *Image {
+	if idPattern.MatchString(ref) {
+		for _, img := range all {
+			if string(img.ID) == ref || img.ID.Encoded() == ref {
+				return img
+			}
+		}
+	}
+	named, err := Normalize(ref)
+	if err != nil {
+		return nil
+	}
+	_, canonical := named.(reference.Canonical)
+	for _, img := range all {
+		if canonical && slices.Contains(img.RepoDigests, named.String()) ||
+			!canonical && slices.Contains(img.RepoTags, named.String()) {
+			return img
+		}
+	}
+	return nil
+}
+
+// Remove deletes an image (all its names) and every blob no other image
+// uses. Removing a missing image is not an error.
+func (s *Service) Remove(ref string) error {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	var removed *Image
+	var keep []*Image
+	err := s.db.update(func(all []*Image) ([]*Image, []digest.Digest, error) {
+		removed = find(all, ref)
+		if removed == nil {
+			return nil, nil, nil
+		}
+		for _, img := range all {
+			if img.ID != removed.ID {
+				keep = append(keep, img)
+			}
+		}
+		return nil, []digest.Digest{removed.ID}, nil
+	})
+	if err != nil || removed == nil {
+		return err
+	}
+	used := map[digest.Digest]bool{}
+	for _, img := range keep {
+		for _, b := range img.blobs() {
+			used[b] = true
+		}
+	}
+	// The index a tag pointed at is stored under the repo digest.
+	blobs := removed.blobs()
+	for _, rd := range removed.RepoDigests {
+		if named, err := reference.ParseNormalizedNamed(rd); err == nil {
+			if c, ok := named.(reference.Canonical); ok {
+				blobs = append(blobs, c.Digest())
+			}
+		}
+	}
+	for _, img := range keep {
+		for _, rd := range img.RepoDigests {
+			if named, err := reference.ParseNormalizedNamed(rd); err == nil {
+				if c, ok := named.(reference.Canonical); ok {
+					used[c.Digest()] = true
+				}
+			}
+		}
+	}
+	for _, b := range blobs {
+		if !used[b] {
+			if err := s.store.Delete(b); err != nil {
+				return fmt.Errorf("remove image %s: %w", removed.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// FsUsage is the store's footprint.
+type FsUsage struct {
+	Mountpoint    string
+	Bytes, Inodes uint64
+	Timestamp     time.Time
+}
+
+// Usage measures the store on disk.
+func (s *Service) Usage() (FsUsage, error) {
+	b, i, err := s.store.Usage()
+	return FsUsage{Mountpoint: s.root, Bytes: b, Inodes: i, Timestamp: time.Now()}, err
+}
