@@ -33,13 +33,18 @@ type daemon struct {
 
 func startDaemon(t *testing.T, bin, dir string) *daemon {
 	t.Helper()
+	return startDaemonWithConfig(t, bin, dir, filepath.Join(dir, "missing.toml"))
+}
+
+func startDaemonWithConfig(t *testing.T, bin, dir, config string) *daemon {
+	t.Helper()
 	d := &daemon{
 		socket: filepath.Join(dir, "s", "hyperlet.sock"),
 		root:   filepath.Join(dir, "root"),
 		state:  filepath.Join(dir, "state"),
 		log:    &strings.Builder{},
 	}
-	d.cmd = exec.Command(bin, "--config", filepath.Join(dir, "missing.toml"),
+	d.cmd = exec.Command(bin, "--config", config,
 		"--socket", d.socket, "--root", d.root, "--state", d.state)
 	d.cmd.Stderr = d.log
 	if err := d.cmd.Start(); err != nil {

@@ -54,7 +54,7 @@ func main() {
 		code, err = vmRun(o, *memory, fs.Args())
 	case "status":
 		fs.Parse(args)
-		err = status(o)
+		err = criStatus(o)
 	case "version":
 		fmt.Println("hyperlet", version)
 	default:

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/cri"
+	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
@@ -101,6 +102,12 @@ func serve(o options) error {
 	klog.InfoS("hyperlet starting", "version", version, "config", o.config, "configFound", config.Exists(o.config),
 		"socket", o.socket, "root", o.root, "state", o.state)
 
+	images, err := imageservice.New(filepath.Join(o.root, "images"), e.cfg.Registry)
+	if err != nil {
+		return err
+	}
+	defer images.Close()
+
 	ln, err := listen(o.socket)
 	if err != nil {
 		return err
@@ -126,7 +133,7 @@ func serve(o options) error {
 		mu.Unlock()
 	}()
 
-	svc := cri.New(cri.WithVersion(version), cri.WithAccel(func() (vm.Accel, error) {
+	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithAccel(func() (vm.Accel, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return accel, accelErr

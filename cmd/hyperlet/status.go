@@ -10,9 +10,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// status asks a running daemon for its CRI version and conditions, as
+// criStatus asks a running daemon for its CRI version and conditions, as
 // kubelet would.
-func status(o options) error {
+func criStatus(o options) error {
 	conn, err := grpc.NewClient("unix://"+o.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err

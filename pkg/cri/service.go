@@ -4,9 +4,13 @@
 package cri
 
 import (
+	"context"
+	"fmt"
+
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -21,7 +25,22 @@ type Service struct {
 
 	version string
 	accel   func() (vm.Accel, error)
+	images  ImageStore
 }
+
+// ImageStore is what the CRI ImageService needs (pkg/imageservice).
+type ImageStore interface {
+	Pull(ctx context.Context, ref string, auth *imageservice.Auth) (*imageservice.Image, error)
+	List() ([]*imageservice.Image, error)
+	Get(ref string) (*imageservice.Image, error)
+	Remove(ref string) error
+	Usage() (imageservice.FsUsage, error)
+}
+
+var _ ImageStore = (*imageservice.Service)(nil)
+
+// WithImages sets the image store behind the ImageService.
+func WithImages(i ImageStore) Option { return func(s *Service) { s.images = i } }
 
 var (
 	_ runtimeapi.RuntimeServiceServer = (*Service)(nil)
@@ -39,7 +58,7 @@ func WithAccel(f func() (vm.Accel, error)) Option { return func(s *Service) { s.
 
 // New returns a Service.
 func New(opts ...Option) *Service {
-	s := &Service{version: "dev"}
+	s := &Service{version: "dev", images: noImages{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -51,3 +70,16 @@ func (s *Service) Register(g *grpc.Server) {
 	runtimeapi.RegisterRuntimeServiceServer(g, s)
 	runtimeapi.RegisterImageServiceServer(g, s)
 }
+
+// noImages stands in until an image store is configured.
+type noImages struct{}
+
+var errNoImages = fmt.Errorf("no image store configured: %w", errUnavailable)
+
+func (noImages) Pull(context.Context, string, *imageservice.Auth) (*imageservice.Image, error) {
+	return nil, errNoImages
+}
+func (noImages) List() ([]*imageservice.Image, error)    { return nil, errNoImages }
+func (noImages) Get(string) (*imageservice.Image, error) { return nil, errNoImages }
+func (noImages) Remove(string) error                     { return errNoImages }
+func (noImages) Usage() (imageservice.FsUsage, error)    { return imageservice.FsUsage{}, errNoImages }

@@ -1,138 +1,22 @@
 package imageservice
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hyperlet/hyperlet/pkg/config"
+	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
 )
 
-// registry is Debian's docker-registry, started for one test on loopback.
-type registry struct {
-	host string // 127.0.0.1:port
-	auth authn.Authenticator
-}
-
-func startRegistry(t *testing.T, user, pass string) *registry {
-	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Fatalf("registry tests need Debian's docker-registry (make deps): %v", err)
-	}
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
-	authCfg := ""
-	r := &registry{host: host, auth: authn.Anonymous}
-	if user != "" {
-		h, _ := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-		os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(user+":"+string(h)+"\n"), 0o600)
-		authCfg = fmt.Sprintf("auth:\n  htpasswd:\n    realm: test\n    path: %s\n", filepath.Join(dir, "htpasswd"))
-		r.auth = &authn.Basic{Username: user, Password: pass}
-	}
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s", filepath.Join(dir, "data"), host, authCfg)
-	cfgPath := filepath.Join(dir, "config.yml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	cmd := exec.Command(bin, "serve", cfgPath)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 100; i++ {
-		if resp, err := http.Get("http://" + host + "/v2/"); err == nil {
-			resp.Body.Close()
-			return r
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("docker-registry did not start:\n%s", logs.String())
-	return nil
-}
-
-// layer builds a layer from name -> content.
-func layer(t *testing.T, files map[string]string) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for n, c := range files {
-		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(c)), Typeflag: tar.TypeReg})
-		tw.Write([]byte(c))
-	}
-	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (ioReadCloser, error) { return nopCloser{bytes.NewReader(b)}, nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// testImage is a two-layer image; base is shared between images.
-func testImage(t *testing.T, base v1.Layer, marker, user string) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, base, layer(t, map[string]string{"marker": marker}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.User = user
-	cf.Config.Cmd = []string{"sh"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-func (r *registry) push(t *testing.T, ref string, img v1.Image) {
-	t.Helper()
-	tag, err := name.NewTag(r.host+"/"+ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img, remote.WithAuth(r.auth)); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
-}
-
-func (r *registry) pushIndex(t *testing.T, ref string, idx v1.ImageIndex) {
-	t.Helper()
-	tag, _ := name.NewTag(r.host+"/"+ref, name.Insecure)
-	if err := remote.WriteIndex(tag, idx, remote.WithAuth(r.auth)); err != nil {
-		t.Fatalf("push index %s: %v", ref, err)
-	}
-}
-
 // mirrorConfig maps the fictitious registry "registry.test" to r.
-func mirrorConfig(r *registry) config.Registry {
-	return config.Registry{Mirrors: map[string]config.Mirror{"registry.test": {Endpoints: []string{"http://" + r.host}}}}
+func mirrorConfig(r *imagetest.Registry) config.Registry {
+	return config.Registry{Mirrors: map[string]config.Mirror{"registry.test": {Endpoints: []string{"http://" + r.Host}}}}
 }
 
 func newService(t *testing.T, reg config.Registry) *Service {
@@ -146,13 +30,13 @@ func newService(t *testing.T, reg config.Registry) *Service {
 }
 
 func TestPullTagsDigestsAndRemove(t *testing.T) {
-	r := startRegistry(t, "", "")
-	base := layer(t, map[string]string{"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n"})
-	imgA := testImage(t, base, "a", "www-data")
-	imgB := testImage(t, base, "b", "1002:1004")
-	r.push(t, "hyperlet/a:1", imgA)
-	r.push(t, "hyperlet/a-alias:latest", imgA) // same image, second name
-	r.push(t, "hyperlet/b:1", imgB)
+	r := imagetest.StartRegistry(t, "", "")
+	base := imagetest.Layer(t, map[string]string{"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/false\n"})
+	imgA := imagetest.Image(t, base, "a", "www-data")
+	imgB := imagetest.Image(t, base, "b", "1002:1004")
+	r.Push(t, "hyperlet/a:1", imgA)
+	r.Push(t, "hyperlet/a-alias:latest", imgA) // same image, second name
+	r.Push(t, "hyperlet/b:1", imgB)
 	s := newService(t, mirrorConfig(r))
 	ctx := context.Background()
 
@@ -215,15 +99,15 @@ func TestPullTagsDigestsAndRemove(t *testing.T) {
 }
 
 func TestPullIndexSelectsLinuxAmd64(t *testing.T) {
-	r := startRegistry(t, "", "")
-	base := layer(t, map[string]string{"etc/passwd": "root:x:0:0::/:/bin/sh\n"})
-	amd := testImage(t, base, "amd64", "")
-	arm := testImage(t, base, "arm64", "")
+	r := imagetest.StartRegistry(t, "", "")
+	base := imagetest.Layer(t, map[string]string{"etc/passwd": "root:x:0:0::/:/bin/sh\n"})
+	amd := imagetest.Image(t, base, "amd64", "")
+	arm := imagetest.Image(t, base, "arm64", "")
 	idx := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
 	)
-	r.pushIndex(t, "hyperlet/multi:1", idx)
+	r.PushIndex(t, "hyperlet/multi:1", idx)
 	s := newService(t, mirrorConfig(r))
 	img, err := s.Pull(context.Background(), "registry.test/hyperlet/multi:1", nil)
 	if err != nil {
@@ -240,8 +124,8 @@ func TestPullIndexSelectsLinuxAmd64(t *testing.T) {
 }
 
 func TestPullAuth(t *testing.T) {
-	r := startRegistry(t, "alice", "s3cret")
-	r.push(t, "private/img:1", testImage(t, layer(t, map[string]string{"f": "x"}), "p", ""))
+	r := imagetest.StartRegistry(t, "alice", "s3cret")
+	r.Push(t, "private/img:1", imagetest.Image(t, imagetest.Layer(t, map[string]string{"f": "x"}), "p", ""))
 	ref := "registry.test/private/img:1"
 	ctx := context.Background()
 	tests := []struct {
@@ -255,7 +139,7 @@ func TestPullAuth(t *testing.T) {
 		{name: "CRI credentials", auth: &Auth{Username: "alice", Password: "s3cret"}, ok: true},
 		{name: "CRI auth string", auth: &Auth{Auth: "YWxpY2U6czNjcmV0"}, ok: true},
 		{name: "configured credentials", reg: func(c config.Registry) config.Registry {
-			c.Configs = map[string]config.RegistryHost{r.host: {Auth: &config.RegistryAuth{Username: "alice", Password: "s3cret"}}}
+			c.Configs = map[string]config.RegistryHost{r.Host: {Auth: &config.RegistryAuth{Username: "alice", Password: "s3cret"}}}
 			return c
 		}, ok: true},
 	}
@@ -275,10 +159,10 @@ func TestPullAuth(t *testing.T) {
 
 func TestNormalize(t *testing.T) {
 	tests := map[string]string{
-		"busybox":                         "docker.io/library/busybox:latest",
-		"busybox:1.36":                    "docker.io/library/busybox:1.36",
-		"registry.k8s.io/pause:3.9":       "registry.k8s.io/pause:3.9",
-		"127.0.0.1:5000/x/y":              "127.0.0.1:5000/x/y:latest",
+		"busybox":                          "docker.io/library/busybox:latest",
+		"busybox:1.36":                     "docker.io/library/busybox:1.36",
+		"registry.k8s.io/pause:3.9":        "registry.k8s.io/pause:3.9",
+		"127.0.0.1:5000/x/y":               "127.0.0.1:5000/x/y:latest",
 		"quay.io/a/b@sha256:" + hex64('a'): "quay.io/a/b@sha256:" + hex64('a'),
 	}
 	for in, want := range tests {

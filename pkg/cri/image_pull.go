@@ -1,0 +1,26 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/imageservice"
+)
+
+func (s *Service) PullImage(ctx context.Context, r *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	if r.GetImage().GetImage() == "" {
+		return nil, fmt.Errorf("pull image: no image: %w", errInvalid)
+	}
+	var auth *imageservice.Auth
+	if a := r.GetAuth(); a != nil {
+		auth = &imageservice.Auth{Username: a.Username, Password: a.Password, Auth: a.Auth,
+			IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
+	}
+	img, err := s.images.Pull(ctx, r.Image.Image, auth)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.PullImageResponse{ImageRef: img.ID.String()}, nil
+}
