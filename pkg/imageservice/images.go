@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
@@ -24,9 +25,18 @@ type Image struct {
 	User string `json:"user"`
 }
 
-// blobs are every blob the image holds on to.
+// blobs are every blob the image holds on to, including the manifest or
+// index each repo digest names.
 func (i *Image) blobs() []digest.Digest {
-	return append([]digest.Digest{i.Manifest, i.Config}, i.Layers...)
+	out := append([]digest.Digest{i.Manifest, i.Config}, i.Layers...)
+	for _, rd := range i.RepoDigests {
+		if named, err := reference.ParseNormalizedNamed(rd); err == nil {
+			if c, ok := named.(reference.Canonical); ok {
+				out = append(out, c.Digest())
+			}
+		}
+	}
+	return out
 }
 
 var imagesBucket = []byte("images")

@@ -113,24 +113,7 @@ func (s *Service) Remove(ref string) error {
 			used[b] = true
 		}
 	}
-	// The index a tag pointed at is stored under the repo digest.
 	blobs := removed.blobs()
-	for _, rd := range removed.RepoDigests {
-		if named, err := reference.ParseNormalizedNamed(rd); err == nil {
-			if c, ok := named.(reference.Canonical); ok {
-				blobs = append(blobs, c.Digest())
-			}
-		}
-	}
-	for _, img := range keep {
-		for _, rd := range img.RepoDigests {
-			if named, err := reference.ParseNormalizedNamed(rd); err == nil {
-				if c, ok := named.(reference.Canonical); ok {
-					used[c.Digest()] = true
-				}
-			}
-		}
-	}
 	for _, b := range blobs {
 		if !used[b] {
 			if err := s.store.Delete(b); err != nil {
