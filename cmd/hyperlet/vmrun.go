@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -53,17 +54,12 @@ func vmRun(o options, memoryMiB int, argv []string) (int, error) {
 	klog.InfoS("VM ready", "vm", cfg.ID, "accel", accel, "boot", time.Since(start).Round(time.Millisecond),
 		"kernel", ver.GetKernelRelease(), "agent", ver.GetAgentVersion())
 
-	var stdin *os.File
+	var stdin io.Reader // an interface, so that "no stdin" is a real nil
 	if st, err := os.Stdin.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
 		stdin = os.Stdin // piped input; a terminal is not forwarded
 	}
 	spec := &agent.ProcessSpec{Id: "run", Args: argv, Env: []string{"HOME=/root", "TERM=dumb"}}
-	var st *agent.ExitStatus
-	if stdin != nil {
-		st, err = c.Run(ctx, spec, stdin, os.Stdout, os.Stderr)
-	} else {
-		st, err = c.Run(ctx, spec, nil, os.Stdout, os.Stderr)
-	}
+	st, err := c.Run(ctx, spec, stdin, os.Stdout, os.Stderr)
 	if err != nil {
 		return 0, err
 	}

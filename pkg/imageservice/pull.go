@@ -108,13 +108,10 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 	if err != nil {
 		return nil, err
 	}
-	if desc.Size > maxManifestBytes || int64(len(desc.Manifest)) > maxManifestBytes {
-		return nil, fmt.Errorf("manifest larger than %d bytes", maxManifestBytes)
-	}
 	// What the tag points at (an index for multi-platform images) is what
 	// RepoDigests name.
 	topDigest := digest.Digest(desc.Digest.String())
-	if err := s.store.Put(topDigest, int64(len(desc.Manifest)), bytes.NewReader(desc.Manifest)); err != nil {
+	if err := s.putManifest(topDigest, desc.Manifest); err != nil {
 		return nil, err
 	}
 	img, err := desc.Image() // selects linux/amd64 from an index
@@ -126,10 +123,7 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 		return nil, err
 	}
 	manifestDigest := digest.FromBytes(raw)
-	if len(raw) > maxManifestBytes {
-		return nil, fmt.Errorf("manifest larger than %d bytes", maxManifestBytes)
-	}
-	if err := s.store.Put(manifestDigest, int64(len(raw)), bytes.NewReader(raw)); err != nil {
+	if err := s.putManifest(manifestDigest, raw); err != nil {
 		return nil, err
 	}
 	m, err := img.Manifest()
@@ -173,6 +167,14 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 	}
 	rec.RepoDigests = []string{repo + "@" + topDigest.String()}
 	return s.record(rec)
+}
+
+// putManifest stores a manifest or index, refusing oversized ones.
+func (s *Service) putManifest(d digest.Digest, raw []byte) error {
+	if len(raw) > maxManifestBytes {
+		return fmt.Errorf("manifest %s larger than %d bytes", d, maxManifestBytes)
+	}
+	return s.store.Put(d, int64(len(raw)), bytes.NewReader(raw))
 }
 
 func (s *Service) fetchLayer(img v1.Image, l v1.Descriptor) error {

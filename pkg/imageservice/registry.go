@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -19,7 +18,6 @@ import (
 type endpoint struct {
 	host     string // host[:port]
 	insecure bool   // plain HTTP
-	mirror   bool
 }
 
 // dockerHub is where docker.io's API actually lives.
@@ -38,7 +36,7 @@ func endpoints(reg config.Registry, domain string) ([]endpoint, error) {
 		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			return nil, fmt.Errorf("registry mirror %q for %s: want http(s)://host[:port]", e, domain)
 		}
-		eps = append(eps, endpoint{host: u.Host, insecure: u.Scheme == "http", mirror: true})
+		eps = append(eps, endpoint{host: u.Host, insecure: u.Scheme == "http"})
 	}
 	host := domain
 	if host == "docker.io" {
@@ -105,11 +103,4 @@ func authenticator(reg config.Registry, host string, a *Auth) authn.Authenticato
 		})
 	}
 	return authn.Anonymous
-}
-
-func hostOnly(h string) string {
-	if i := strings.LastIndex(h, ":"); i > 0 {
-		return h[:i]
-	}
-	return h
 }

@@ -113,8 +113,7 @@ func (s *Service) Remove(ref string) error {
 			used[b] = true
 		}
 	}
-	blobs := removed.blobs()
-	for _, b := range blobs {
+	for _, b := range removed.blobs() {
 		if !used[b] {
 			if err := s.store.Delete(b); err != nil {
 				return fmt.Errorf("remove image %s: %w", removed.ID, err)
