@@ -3,6 +3,7 @@
 
 GO      ?= go
 OUT     := _output
+RUNC    ?= /usr/sbin/runc
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
@@ -25,9 +26,9 @@ build: ## build the hyperlet daemon
 agent: ## build the guest agent (static)
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperlet-agent ./guest/agent
 
-initrd: agent ## build initrd.img (agent only) and initrd-test.img (agent + busybox, for tests and the demo)
-	$(GO) run ./guest/initrd -o $(OUT)/initrd.img -agent $(OUT)/hyperlet-agent
-	$(GO) run ./guest/initrd -o $(OUT)/initrd-test.img -agent $(OUT)/hyperlet-agent -busybox /bin/busybox
+initrd: agent ## build initrd.img (agent + runc) and initrd-test.img (also busybox, for tests and debugging)
+	$(GO) run ./guest/initrd -o $(OUT)/initrd.img -agent $(OUT)/hyperlet-agent -runc $(RUNC)
+	$(GO) run ./guest/initrd -o $(OUT)/initrd-test.img -agent $(OUT)/hyperlet-agent -runc $(RUNC) -busybox /bin/busybox
 
 kernel: ## build the guest kernel (cached per machine by source version and config)
 	guest/kernel/build.sh $(OUT)/vmlinux

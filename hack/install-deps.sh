@@ -7,6 +7,7 @@ pkgs=(
 	qemu-system-x86      # the hypervisor (microvm machine)
 	linux-source-6.1     # guest kernel source
 	gcc make flex bison bc libelf-dev libc6-dev xz-utils  # kernel build
+	runc                 # container runtime inside the pod VM (copied into the initrd)
 	busybox-static       # userland of the test/demo initrd
 	cpio                 # checks the initrd format in tests
 	protobuf-compiler    # make generate

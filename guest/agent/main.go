@@ -23,10 +23,17 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "pause" {
+		pause()
+		return
+	}
 	klog.InitFlags(nil)
 	flag.Parse()
 	pid1 := os.Getpid() == 1
 	if pid1 {
+		if err := switchRoot(); err != nil {
+			fatal(err)
+		}
 		if err := mountBase(); err != nil {
 			fatal(err)
 		}
@@ -44,7 +51,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	agentapi.RegisterAgentService(srv, &service{procs: procs, shutdown: powerOff})
+	agentapi.RegisterAgentService(srv, &service{procs: procs, ctrs: newContainers(), shutdown: powerOff})
 
 	ln := newPortListener(agentapi.Port)
 	for {
@@ -78,6 +85,8 @@ func powerOff() {
 	}
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
+
+var signalNotify = signal.Notify
 
 func fatal(err error) {
 	klog.ErrorS(err, "hyperlet-agent: fatal")

@@ -106,3 +106,10 @@ func (b *outBuf) read(ctx context.Context, off uint64, max int) (data []byte, eo
 	n := min(len(b.data), max)
 	return append([]byte(nil), b.data[:n]...), false, nil
 }
+
+// peek returns up to max unacknowledged bytes without consuming them.
+func (b *outBuf) peek(max int) []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]byte(nil), b.data[:min(len(b.data), max)]...)
+}

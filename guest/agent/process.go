@@ -26,7 +26,17 @@ const outputLimit = 1 << 20
 type exitStatus struct {
 	code   int32
 	signal uint32
+	oom    bool
 	at     time.Time
+}
+
+// procHooks adapt the table to processes run through runc: signals go to the
+// container process named by pidFile rather than to runc, and at exit the
+// container's cgroup tells whether it was OOM-killed.
+type procHooks struct {
+	pidFile string
+	cgroup  string
+	cleanup []string // files removed at exit
 }
 
 // process is one process the host started.
@@ -41,6 +51,8 @@ type process struct {
 	stdinOff uint64
 
 	out [2]*outBuf // indexed by agentapi.Stream
+
+	hooks *procHooks // nil for plain processes
 
 	exited chan struct{}
 	status exitStatus // valid once exited is closed
@@ -103,6 +115,18 @@ func (t *procTable) exited(pid int, ws unix.WaitStatus) {
 		st.code = 128 + int32(ws.Signal())
 	default:
 		st.code = int32(ws.ExitStatus())
+		if p.hooks != nil && st.code > 128 && st.code < 128+65 {
+			// runc reports its container's death by signal N as 128+N.
+			st.signal = uint32(st.code - 128)
+		}
+	}
+	if h := p.hooks; h != nil {
+		if h.cgroup != "" {
+			st.oom = oomKilled(h.cgroup)
+		}
+		for _, f := range h.cleanup {
+			os.Remove(f)
+		}
 	}
 	p.status = st
 	close(p.exited)
@@ -110,7 +134,7 @@ func (t *procTable) exited(pid int, ws unix.WaitStatus) {
 }
 
 // start starts the process a request describes.
-func (t *procTable) start(req *agentapi.StartProcessRequest) (*process, error) {
+func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (*process, error) {
 	if req.Id == "" || len(req.Args) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "process id and args are required")
 	}
@@ -138,7 +162,7 @@ func (t *procTable) start(req *agentapi.StartProcessRequest) (*process, error) {
 			},
 		},
 	}
-	p := &process{id: req.Id, exited: make(chan struct{})}
+	p := &process{id: req.Id, exited: make(chan struct{}), hooks: hooks}
 	p.out[agentapi.Stream_STDOUT] = newOutBuf(outputLimit)
 	p.out[agentapi.Stream_STDERR] = newOutBuf(outputLimit)
 
@@ -266,6 +290,28 @@ func (p *process) closeStdin() error {
 	err := p.stdin.Close()
 	p.stdin = nil
 	return err
+}
+
+// signal signals the process, or for runc-run processes the container
+// process runc started.
+func (p *process) signal(sig unix.Signal) error {
+	select {
+	case <-p.exited:
+		return nil
+	default:
+	}
+	if p.hooks != nil && p.hooks.pidFile != "" {
+		if pid, err := readPID(p.hooks.pidFile); err == nil {
+			if err := unix.Kill(pid, sig); err != nil && err != unix.ESRCH {
+				return err
+			}
+			return nil
+		}
+	}
+	if err := p.os.Signal(sig); err != nil && err != os.ErrProcessDone {
+		return err
+	}
+	return nil
 }
 
 func (p *process) release() {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/creack/pty"
@@ -21,6 +19,7 @@ const maxRead = 1 << 20
 // service implements agentapi.AgentService.
 type service struct {
 	procs    *procTable
+	ctrs     *containers
 	shutdown func()
 }
 
@@ -37,7 +36,7 @@ func (s *service) Version(ctx context.Context, _ *agentapi.VersionRequest) (*age
 }
 
 func (s *service) StartProcess(ctx context.Context, req *agentapi.StartProcessRequest) (*agentapi.StartProcessResponse, error) {
-	p, err := s.procs.start(req)
+	p, err := s.procs.start(req, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -105,8 +104,7 @@ func (s *service) SignalProcess(ctx context.Context, req *agentapi.SignalProcess
 	if req.Signal == 0 || req.Signal > 64 {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid signal %d", req.Signal)
 	}
-	err = p.os.Signal(syscall.Signal(req.Signal))
-	if err != nil && err != os.ErrProcessDone {
+	if err := p.signal(unix.Signal(req.Signal)); err != nil {
 		return nil, status.Errorf(codes.Internal, "signal %d: %v", req.Signal, err)
 	}
 	return &agentapi.Empty{}, nil
@@ -126,6 +124,7 @@ func (s *service) WaitProcess(ctx context.Context, req *agentapi.WaitProcessRequ
 		ExitCode:         p.status.code,
 		Signal:           p.status.signal,
 		ExitedAtUnixNano: p.status.at.UnixNano(),
+		OomKilled:        p.status.oom,
 	}, nil
 }
 
@@ -152,7 +151,7 @@ func (s *service) Shutdown(ctx context.Context, _ *agentapi.ShutdownRequest) (*a
 	klog.InfoS("shutdown requested")
 	s.procs.mu.Lock()
 	for _, p := range s.procs.byID {
-		p.os.Signal(unix.SIGKILL)
+		p.signal(unix.SIGKILL)
 	}
 	s.procs.mu.Unlock()
 	// Power off after the reply has left.

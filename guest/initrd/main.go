@@ -19,18 +19,19 @@ func main() {
 	out := flag.String("o", "", "output file")
 	agent := flag.String("agent", "", "agent binary, installed as /init")
 	busybox := flag.String("busybox", "", "optional static busybox, installed with its applets in /bin")
+	runc := flag.String("runc", "", "runc binary, installed as /usr/sbin/runc with the shared libraries it needs")
 	flag.Parse()
-	if *out == "" || *agent == "" {
-		fmt.Fprintln(os.Stderr, "usage: mkinitrd -o OUT -agent AGENT [-busybox BUSYBOX]")
+	if *out == "" || *agent == "" || *runc == "" {
+		fmt.Fprintln(os.Stderr, "usage: mkinitrd -o OUT -agent AGENT -runc RUNC [-busybox BUSYBOX]")
 		os.Exit(2)
 	}
-	if err := build(*out, *agent, *busybox); err != nil {
+	if err := build(*out, *agent, *runc, *busybox); err != nil {
 		fmt.Fprintln(os.Stderr, "mkinitrd:", err)
 		os.Exit(1)
 	}
 }
 
-func build(out, agent, busybox string) error {
+func build(out, agent, runc, busybox string) error {
 	tmp := out + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
@@ -40,13 +41,34 @@ func build(out, agent, busybox string) error {
 	bw := bufio.NewWriter(f)
 	w := &cpioWriter{w: bw}
 
-	for _, d := range []string{"bin", "dev", "etc", "proc", "root", "run", "sbin", "sys", "tmp", "usr", "usr/bin", "var"} {
+	for _, d := range []string{"bin", "dev", "etc", "proc", "root", "run", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin", "var"} {
 		w.dir(d, 0o755)
 	}
 	// The kernel opens /dev/console for PID 1 before devtmpfs is mounted.
 	w.node("dev/console", 0o020600, 5, 1)
 	if err := w.file("init", agent, 0o755); err != nil {
 		return err
+	}
+	if err := w.file("usr/sbin/runc", runc, 0o755); err != nil {
+		return err
+	}
+	libs, err := sharedLibs(runc)
+	if err != nil {
+		return err
+	}
+	made := map[string]bool{}
+	for _, lib := range libs {
+		dir := strings.TrimPrefix(filepath.Dir(lib), "/")
+		for d, parts := "", strings.Split(dir, "/"); len(parts) > 0; parts = parts[1:] {
+			d = filepath.Join(d, parts[0])
+			if !made[d] && d != "usr" {
+				made[d] = true
+				w.dir(d, 0o755)
+			}
+		}
+		if err := w.file(strings.TrimPrefix(lib, "/"), lib, 0o755); err != nil {
+			return err
+		}
 	}
 	if busybox != "" {
 		if err := w.file("bin/busybox", busybox, 0o755); err != nil {

@@ -805,8 +805,10 @@ type WaitProcessResponse struct {
 	// signal is the signal that killed the process, or 0.
 	Signal           uint32 `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
 	ExitedAtUnixNano int64  `protobuf:"varint,3,opt,name=exited_at_unix_nano,json=exitedAtUnixNano,proto3" json:"exited_at_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// oom_killed is set for a container whose cgroup saw an OOM kill.
+	OomKilled     bool `protobuf:"varint,4,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WaitProcessResponse) Reset() {
@@ -858,6 +860,13 @@ func (x *WaitProcessResponse) GetExitedAtUnixNano() int64 {
 		return x.ExitedAtUnixNano
 	}
 	return 0
+}
+
+func (x *WaitProcessResponse) GetOomKilled() bool {
+	if x != nil {
+		return x.OomKilled
+	}
+	return false
 }
 
 type RemoveProcessRequest struct {
@@ -984,6 +993,638 @@ func (*ShutdownRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
+type SetupPodRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Hostname   string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Hosts      []byte                 `protobuf:"bytes,2,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	ResolvConf []byte                 `protobuf:"bytes,3,opt,name=resolv_conf,json=resolvConf,proto3" json:"resolv_conf,omitempty"`
+	Sysctls    map[string]string      `protobuf:"bytes,4,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// share_pid gives every container of the pod one PID namespace.
+	SharePid      bool `protobuf:"varint,5,opt,name=share_pid,json=sharePid,proto3" json:"share_pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetupPodRequest) Reset() {
+	*x = SetupPodRequest{}
+	mi := &file_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetupPodRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetupPodRequest) ProtoMessage() {}
+
+func (x *SetupPodRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetupPodRequest.ProtoReflect.Descriptor instead.
+func (*SetupPodRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SetupPodRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *SetupPodRequest) GetHosts() []byte {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *SetupPodRequest) GetResolvConf() []byte {
+	if x != nil {
+		return x.ResolvConf
+	}
+	return nil
+}
+
+func (x *SetupPodRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+func (x *SetupPodRequest) GetSharePid() bool {
+	if x != nil {
+		return x.SharePid
+	}
+	return false
+}
+
+type MountImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image_id names the mount; containers refer to it.
+	ImageId string `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	// The disk's SCSI address on the VM's virtio-scsi controller.
+	ScsiTarget    uint32 `protobuf:"varint,2,opt,name=scsi_target,json=scsiTarget,proto3" json:"scsi_target,omitempty"`
+	ScsiLun       uint32 `protobuf:"varint,3,opt,name=scsi_lun,json=scsiLun,proto3" json:"scsi_lun,omitempty"`
+	Fstype        string `protobuf:"bytes,4,opt,name=fstype,proto3" json:"fstype,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountImageRequest) Reset() {
+	*x = MountImageRequest{}
+	mi := &file_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountImageRequest) ProtoMessage() {}
+
+func (x *MountImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountImageRequest.ProtoReflect.Descriptor instead.
+func (*MountImageRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MountImageRequest) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+func (x *MountImageRequest) GetScsiTarget() uint32 {
+	if x != nil {
+		return x.ScsiTarget
+	}
+	return 0
+}
+
+func (x *MountImageRequest) GetScsiLun() uint32 {
+	if x != nil {
+		return x.ScsiLun
+	}
+	return 0
+}
+
+func (x *MountImageRequest) GetFstype() string {
+	if x != nil {
+		return x.Fstype
+	}
+	return ""
+}
+
+type CreateContainerRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ImageId string                 `protobuf:"bytes,2,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	// spec is the OCI runtime spec (JSON). The agent sets root.path,
+	// linux.cgroupsPath and the pod PID namespace itself.
+	Spec []byte `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// user is "user[:group]" (names or IDs), resolved against the image's
+	// /etc/passwd and /etc/group into process.user; the spec's
+	// additionalGids are kept. Empty means root.
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateContainerRequest) Reset() {
+	*x = CreateContainerRequest{}
+	mi := &file_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateContainerRequest) ProtoMessage() {}
+
+func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
+func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateContainerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateContainerRequest) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+func (x *CreateContainerRequest) GetSpec() []byte {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *CreateContainerRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type StartContainerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Stdin         bool                   `protobuf:"varint,2,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Rows          uint32                 `protobuf:"varint,3,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,4,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartContainerRequest) Reset() {
+	*x = StartContainerRequest{}
+	mi := &file_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartContainerRequest) ProtoMessage() {}
+
+func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
+func (*StartContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *StartContainerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StartContainerRequest) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *StartContainerRequest) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *StartContainerRequest) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+type ExecProcessRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId      string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	// process is an OCI runtime spec process (JSON). Only args, env, cwd and
+	// terminal are taken; user, capabilities and the rest come from the
+	// container's own process.
+	Process       []byte `protobuf:"bytes,3,opt,name=process,proto3" json:"process,omitempty"`
+	Stdin         bool   `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Rows          uint32 `protobuf:"varint,5,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32 `protobuf:"varint,6,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecProcessRequest) Reset() {
+	*x = ExecProcessRequest{}
+	mi := &file_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecProcessRequest) ProtoMessage() {}
+
+func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
+func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExecProcessRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *ExecProcessRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+func (x *ExecProcessRequest) GetProcess() []byte {
+	if x != nil {
+		return x.Process
+	}
+	return nil
+}
+
+func (x *ExecProcessRequest) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecProcessRequest) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ExecProcessRequest) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+type UpdateContainerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// resources is an OCI runtime spec LinuxResources (JSON).
+	Resources     []byte `protobuf:"bytes,2,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateContainerRequest) Reset() {
+	*x = UpdateContainerRequest{}
+	mi := &file_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateContainerRequest) ProtoMessage() {}
+
+func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
+func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UpdateContainerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateContainerRequest) GetResources() []byte {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+type RemoveContainerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveContainerRequest) Reset() {
+	*x = RemoveContainerRequest{}
+	mi := &file_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveContainerRequest) ProtoMessage() {}
+
+func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
+func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveContainerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ContainerStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerStatsRequest) Reset() {
+	*x = ContainerStatsRequest{}
+	mi := &file_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerStatsRequest) ProtoMessage() {}
+
+func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
+func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ContainerStatsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ContainerStatsResponse struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	CpuUsageNano          uint64                 `protobuf:"varint,1,opt,name=cpu_usage_nano,json=cpuUsageNano,proto3" json:"cpu_usage_nano,omitempty"`
+	MemoryUsageBytes      uint64                 `protobuf:"varint,2,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	MemoryWorkingSetBytes uint64                 `protobuf:"varint,3,opt,name=memory_working_set_bytes,json=memoryWorkingSetBytes,proto3" json:"memory_working_set_bytes,omitempty"`
+	MemoryRssBytes        uint64                 `protobuf:"varint,4,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
+	PageFaults            uint64                 `protobuf:"varint,5,opt,name=page_faults,json=pageFaults,proto3" json:"page_faults,omitempty"`
+	MajorPageFaults       uint64                 `protobuf:"varint,6,opt,name=major_page_faults,json=majorPageFaults,proto3" json:"major_page_faults,omitempty"`
+	WritableLayerBytes    uint64                 `protobuf:"varint,7,opt,name=writable_layer_bytes,json=writableLayerBytes,proto3" json:"writable_layer_bytes,omitempty"`
+	WritableLayerInodes   uint64                 `protobuf:"varint,8,opt,name=writable_layer_inodes,json=writableLayerInodes,proto3" json:"writable_layer_inodes,omitempty"`
+	Pids                  uint64                 `protobuf:"varint,9,opt,name=pids,proto3" json:"pids,omitempty"`
+	TimestampUnixNano     int64                  `protobuf:"varint,10,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *ContainerStatsResponse) Reset() {
+	*x = ContainerStatsResponse{}
+	mi := &file_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerStatsResponse) ProtoMessage() {}
+
+func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
+func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ContainerStatsResponse) GetCpuUsageNano() uint64 {
+	if x != nil {
+		return x.CpuUsageNano
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryWorkingSetBytes() uint64 {
+	if x != nil {
+		return x.MemoryWorkingSetBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryRssBytes() uint64 {
+	if x != nil {
+		return x.MemoryRssBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetPageFaults() uint64 {
+	if x != nil {
+		return x.PageFaults
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMajorPageFaults() uint64 {
+	if x != nil {
+		return x.MajorPageFaults
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetWritableLayerBytes() uint64 {
+	if x != nil {
+		return x.WritableLayerBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetWritableLayerInodes() uint64 {
+	if x != nil {
+		return x.WritableLayerInodes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetPids() uint64 {
+	if x != nil {
+		return x.Pids
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetTimestampUnixNano() int64 {
+	if x != nil {
+		return x.TimestampUnixNano
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1034,21 +1675,76 @@ const file_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\rR\x06signal\"$\n" +
 	"\x12WaitProcessRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"y\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x98\x01\n" +
 	"\x13WaitProcessResponse\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\rR\x06signal\x12-\n" +
-	"\x13exited_at_unix_nano\x18\x03 \x01(\x03R\x10exitedAtUnixNano\"&\n" +
+	"\x13exited_at_unix_nano\x18\x03 \x01(\x03R\x10exitedAtUnixNano\x12\x1d\n" +
+	"\n" +
+	"oom_killed\x18\x04 \x01(\bR\toomKilled\"&\n" +
 	"\x14RemoveProcessRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
 	"\x17SetGuestDateTimeRequest\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\"\x11\n" +
-	"\x0fShutdownRequest* \n" +
+	"\x0fShutdownRequest\"\x88\x02\n" +
+	"\x0fSetupPodRequest\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
+	"\x05hosts\x18\x02 \x01(\fR\x05hosts\x12\x1f\n" +
+	"\vresolv_conf\x18\x03 \x01(\fR\n" +
+	"resolvConf\x12I\n" +
+	"\asysctls\x18\x04 \x03(\v2/.hyperlet.agent.v1.SetupPodRequest.SysctlsEntryR\asysctls\x12\x1b\n" +
+	"\tshare_pid\x18\x05 \x01(\bR\bsharePid\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x11MountImageRequest\x12\x19\n" +
+	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x1f\n" +
+	"\vscsi_target\x18\x02 \x01(\rR\n" +
+	"scsiTarget\x12\x19\n" +
+	"\bscsi_lun\x18\x03 \x01(\rR\ascsiLun\x12\x16\n" +
+	"\x06fstype\x18\x04 \x01(\tR\x06fstype\"k\n" +
+	"\x16CreateContainerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12\x12\n" +
+	"\x04spec\x18\x03 \x01(\fR\x04spec\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"e\n" +
+	"\x15StartContainerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05stdin\x18\x02 \x01(\bR\x05stdin\x12\x12\n" +
+	"\x04rows\x18\x03 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x04 \x01(\rR\x04cols\"\xa8\x01\n" +
+	"\x12ExecProcessRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x18\n" +
+	"\aprocess\x18\x03 \x01(\fR\aprocess\x12\x14\n" +
+	"\x05stdin\x18\x04 \x01(\bR\x05stdin\x12\x12\n" +
+	"\x04rows\x18\x05 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x06 \x01(\rR\x04cols\"F\n" +
+	"\x16UpdateContainerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tresources\x18\x02 \x01(\fR\tresources\"(\n" +
+	"\x16RemoveContainerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
+	"\x15ContainerStatsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xc6\x03\n" +
+	"\x16ContainerStatsResponse\x12$\n" +
+	"\x0ecpu_usage_nano\x18\x01 \x01(\x04R\fcpuUsageNano\x12,\n" +
+	"\x12memory_usage_bytes\x18\x02 \x01(\x04R\x10memoryUsageBytes\x127\n" +
+	"\x18memory_working_set_bytes\x18\x03 \x01(\x04R\x15memoryWorkingSetBytes\x12(\n" +
+	"\x10memory_rss_bytes\x18\x04 \x01(\x04R\x0ememoryRssBytes\x12\x1f\n" +
+	"\vpage_faults\x18\x05 \x01(\x04R\n" +
+	"pageFaults\x12*\n" +
+	"\x11major_page_faults\x18\x06 \x01(\x04R\x0fmajorPageFaults\x120\n" +
+	"\x14writable_layer_bytes\x18\a \x01(\x04R\x12writableLayerBytes\x122\n" +
+	"\x15writable_layer_inodes\x18\b \x01(\x04R\x13writableLayerInodes\x12\x12\n" +
+	"\x04pids\x18\t \x01(\x04R\x04pids\x12.\n" +
+	"\x13timestamp_unix_nano\x18\n" +
+	" \x01(\x03R\x11timestampUnixNano* \n" +
 	"\x06Stream\x12\n" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\xb4\a\n" +
+	"\x06STDERR\x10\x012\xff\f\n" +
 	"\x05Agent\x12P\n" +
 	"\aVersion\x12!.hyperlet.agent.v1.VersionRequest\x1a\".hyperlet.agent.v1.VersionResponse\x12_\n" +
 	"\fStartProcess\x12&.hyperlet.agent.v1.StartProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12Y\n" +
@@ -1063,7 +1759,16 @@ const file_agent_proto_rawDesc = "" +
 	"\vWaitProcess\x12%.hyperlet.agent.v1.WaitProcessRequest\x1a&.hyperlet.agent.v1.WaitProcessResponse\x12R\n" +
 	"\rRemoveProcess\x12'.hyperlet.agent.v1.RemoveProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12X\n" +
 	"\x10SetGuestDateTime\x12*.hyperlet.agent.v1.SetGuestDateTimeRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
-	"\bShutdown\x12\".hyperlet.agent.v1.ShutdownRequest\x1a\x18.hyperlet.agent.v1.EmptyB1Z/github.com/hyperlet/hyperlet/api/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\".hyperlet.agent.v1.ShutdownRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
+	"\bSetupPod\x12\".hyperlet.agent.v1.SetupPodRequest\x1a\x18.hyperlet.agent.v1.Empty\x12L\n" +
+	"\n" +
+	"MountImage\x12$.hyperlet.agent.v1.MountImageRequest\x1a\x18.hyperlet.agent.v1.Empty\x12V\n" +
+	"\x0fCreateContainer\x12).hyperlet.agent.v1.CreateContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12c\n" +
+	"\x0eStartContainer\x12(.hyperlet.agent.v1.StartContainerRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12]\n" +
+	"\vExecProcess\x12%.hyperlet.agent.v1.ExecProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12V\n" +
+	"\x0fUpdateContainer\x12).hyperlet.agent.v1.UpdateContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12V\n" +
+	"\x0fRemoveContainer\x12).hyperlet.agent.v1.RemoveContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12e\n" +
+	"\x0eContainerStats\x12(.hyperlet.agent.v1.ContainerStatsRequest\x1a).hyperlet.agent.v1.ContainerStatsResponseB1Z/github.com/hyperlet/hyperlet/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1078,7 +1783,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -1098,36 +1803,63 @@ var file_agent_proto_goTypes = []any{
 	(*RemoveProcessRequest)(nil),    // 15: hyperlet.agent.v1.RemoveProcessRequest
 	(*SetGuestDateTimeRequest)(nil), // 16: hyperlet.agent.v1.SetGuestDateTimeRequest
 	(*ShutdownRequest)(nil),         // 17: hyperlet.agent.v1.ShutdownRequest
+	(*SetupPodRequest)(nil),         // 18: hyperlet.agent.v1.SetupPodRequest
+	(*MountImageRequest)(nil),       // 19: hyperlet.agent.v1.MountImageRequest
+	(*CreateContainerRequest)(nil),  // 20: hyperlet.agent.v1.CreateContainerRequest
+	(*StartContainerRequest)(nil),   // 21: hyperlet.agent.v1.StartContainerRequest
+	(*ExecProcessRequest)(nil),      // 22: hyperlet.agent.v1.ExecProcessRequest
+	(*UpdateContainerRequest)(nil),  // 23: hyperlet.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),  // 24: hyperlet.agent.v1.RemoveContainerRequest
+	(*ContainerStatsRequest)(nil),   // 25: hyperlet.agent.v1.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),  // 26: hyperlet.agent.v1.ContainerStatsResponse
+	nil,                             // 27: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	2,  // 1: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
-	4,  // 2: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
-	6,  // 3: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
-	8,  // 4: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
-	9,  // 5: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
-	11, // 6: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
-	12, // 7: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
-	13, // 8: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
-	15, // 9: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
-	16, // 10: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
-	17, // 11: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
-	3,  // 12: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 13: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 14: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 15: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 16: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 17: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 18: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 19: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 20: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 21: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
-	1,  // 22: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	12, // [12:23] is the sub-list for method output_type
-	1,  // [1:12] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	27, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	2,  // 2: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
+	4,  // 3: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
+	6,  // 4: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
+	8,  // 5: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
+	9,  // 6: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
+	11, // 7: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
+	12, // 8: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
+	13, // 9: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
+	15, // 10: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
+	16, // 11: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
+	17, // 12: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
+	18, // 13: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
+	19, // 14: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
+	20, // 15: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
+	21, // 16: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
+	22, // 17: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
+	23, // 18: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
+	24, // 19: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
+	25, // 20: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
+	3,  // 21: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 22: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 23: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 24: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 25: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 26: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 27: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 28: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 29: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 30: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 31: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	1,  // 32: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
+	1,  // 33: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
+	1,  // 34: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
+	5,  // 35: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
+	5,  // 36: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	1,  // 37: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
+	1,  // 38: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
+	26, // 39: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	21, // [21:40] is the sub-list for method output_type
+	2,  // [2:21] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1141,7 +1873,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,6 +19,14 @@ type AgentService interface {
 	RemoveProcess(context.Context, *RemoveProcessRequest) (*Empty, error)
 	SetGuestDateTime(context.Context, *SetGuestDateTimeRequest) (*Empty, error)
 	Shutdown(context.Context, *ShutdownRequest) (*Empty, error)
+	SetupPod(context.Context, *SetupPodRequest) (*Empty, error)
+	MountImage(context.Context, *MountImageRequest) (*Empty, error)
+	CreateContainer(context.Context, *CreateContainerRequest) (*Empty, error)
+	StartContainer(context.Context, *StartContainerRequest) (*StartProcessResponse, error)
+	ExecProcess(context.Context, *ExecProcessRequest) (*StartProcessResponse, error)
+	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
+	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
+	ContainerStats(context.Context, *ContainerStatsRequest) (*ContainerStatsResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -100,6 +108,62 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"SetupPod": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetupPodRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetupPod(ctx, &req)
+			},
+			"MountImage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req MountImageRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.MountImage(ctx, &req)
+			},
+			"CreateContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req CreateContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.CreateContainer(ctx, &req)
+			},
+			"StartContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req StartContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.StartContainer(ctx, &req)
+			},
+			"ExecProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ExecProcessRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ExecProcess(ctx, &req)
+			},
+			"UpdateContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpdateContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateContainer(ctx, &req)
+			},
+			"RemoveContainer": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RemoveContainerRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.RemoveContainer(ctx, &req)
+			},
+			"ContainerStats": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ContainerStatsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ContainerStats(ctx, &req)
 			},
 		},
 	})
@@ -198,6 +262,70 @@ func (c *agentClient) SetGuestDateTime(ctx context.Context, req *SetGuestDateTim
 func (c *agentClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetupPod(ctx context.Context, req *SetupPodRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "SetupPod", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) MountImage(ctx context.Context, req *MountImageRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "MountImage", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) CreateContainer(ctx context.Context, req *CreateContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "CreateContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) StartContainer(ctx context.Context, req *StartContainerRequest) (*StartProcessResponse, error) {
+	var resp StartProcessResponse
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "StartContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ExecProcess(ctx context.Context, req *ExecProcessRequest) (*StartProcessResponse, error) {
+	var resp StartProcessResponse
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "ExecProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) UpdateContainer(ctx context.Context, req *UpdateContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "UpdateContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) RemoveContainer(ctx context.Context, req *RemoveContainerRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "RemoveContainer", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ContainerStats(ctx context.Context, req *ContainerStatsRequest) (*ContainerStatsResponse, error) {
+	var resp ContainerStatsResponse
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "ContainerStats", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -30,7 +30,7 @@ const (
 	Port = "io.hyperlet.agent.0"
 
 	// APIRevision is bumped on incompatible changes to this protocol.
-	APIRevision = 1
+	APIRevision = 2
 
 	nonceLen  = 16
 	headerLen = 8

@@ -1,0 +1,16 @@
+package agent
+
+// Paths inside the guest that the host names in the OCI specs it sends.
+const (
+	// PodDir holds the pod's shared files, written by SetupPod.
+	PodDir = "/run/hyperlet/pod"
+	// PodHostsFile, PodResolvConf and PodHostnameFile are bind-mounted
+	// into every container at /etc/hosts, /etc/resolv.conf and /etc/hostname.
+	PodHostsFile    = PodDir + "/hosts"
+	PodResolvConf   = PodDir + "/resolv.conf"
+	PodHostnameFile = PodDir + "/hostname"
+	// PodShmDir is the pod's shared /dev/shm (containers share IPC).
+	PodShmDir = PodDir + "/shm"
+	// RuncPath is where the guest image installs runc.
+	RuncPath = "/usr/sbin/runc"
+)

@@ -1,0 +1,409 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/moby/sys/user"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+)
+
+const (
+	imagesDir     = "/run/hyperlet/images"
+	containersDir = "/run/hyperlet/containers"
+	runcRoot      = "/run/runc"
+	cgroupRoot    = "/sys/fs/cgroup"
+	// cgroupParent holds one cgroup per container; runc puts the
+	// container's processes in its "ctr" child, so the parent's memory.events
+	// outlives runc's cleanup and tells whether the container was OOM-killed.
+	cgroupParent = "hyperlet"
+)
+
+// containers tracks the images and containers of this VM's pod.
+type containers struct {
+	mu      sync.Mutex
+	images  map[string]string // image ID -> mount point
+	created map[string]bool
+	pausePID int // holder of the pod PID namespace, 0 without one
+}
+
+func newContainers() *containers {
+	return &containers{images: map[string]string{}, created: map[string]bool{}}
+}
+
+func validID(id string) error {
+	if id == "" || len(id) > 128 || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
+		return status.Errorf(codes.InvalidArgument, "invalid id %q", id)
+	}
+	return nil
+}
+
+// mountImage mounts the disk at SCSI target:lun read-only under imagesDir.
+func (c *containers) mountImage(req *agentapi.MountImageRequest) error {
+	if err := validID(req.ImageId); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.images[req.ImageId]; ok {
+		return nil
+	}
+	dev, err := waitSCSIDisk(req.ScsiTarget, req.ScsiLun, 10*time.Second)
+	if err != nil {
+		return status.Errorf(codes.NotFound, "image disk %d:%d: %v", req.ScsiTarget, req.ScsiLun, err)
+	}
+	fstype := req.Fstype
+	if fstype == "" {
+		fstype = "erofs"
+	}
+	mnt := filepath.Join(imagesDir, req.ImageId)
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return status.Errorf(codes.Internal, "mkdir: %v", err)
+	}
+	if err := unix.Mount(dev, mnt, fstype, unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		return status.Errorf(codes.Internal, "mount %s (%s) on %s: %v", dev, fstype, mnt, err)
+	}
+	c.images[req.ImageId] = mnt
+	klog.V(1).InfoS("image mounted", "image", req.ImageId, "dev", dev)
+	return nil
+}
+
+// waitSCSIDisk finds the block device of a hot-added disk.
+func waitSCSIDisk(target, lun uint32, timeout time.Duration) (string, error) {
+	pattern := fmt.Sprintf("/sys/bus/scsi/devices/*:0:%d:%d/block/*", target, lun)
+	deadline := time.Now().Add(timeout)
+	for {
+		m, _ := filepath.Glob(pattern)
+		if len(m) == 1 {
+			dev := "/dev/" + filepath.Base(m[0])
+			if _, err := os.Stat(dev); err == nil {
+				return dev, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", errors.New("no block device appeared")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func bundleDir(id string) string { return filepath.Join(containersDir, id) }
+
+func cgroupDir(id string) string { return filepath.Join(cgroupRoot, cgroupParent, id) }
+
+// create builds the container's bundle: overlay rootfs and config.json.
+func (c *containers) create(req *agentapi.CreateContainerRequest) (retErr error) {
+	if err := validID(req.Id); err != nil {
+		return err
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(req.Spec, &spec); err != nil {
+		return status.Errorf(codes.InvalidArgument, "decode spec: %v", err)
+	}
+	if spec.Process == nil || spec.Linux == nil {
+		return status.Error(codes.InvalidArgument, "spec has no process or linux section")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.created[req.Id] {
+		return status.Errorf(codes.AlreadyExists, "container %q exists", req.Id)
+	}
+	lower, ok := c.images[req.ImageId]
+	if !ok {
+		return status.Errorf(codes.FailedPrecondition, "image %q is not mounted", req.ImageId)
+	}
+	dir := bundleDir(req.Id)
+	rootfs := filepath.Join(dir, "rootfs")
+	upper := filepath.Join(dir, "upper")
+	work := filepath.Join(dir, "work")
+	for _, d := range []string{rootfs, upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return status.Errorf(codes.Internal, "mkdir: %v", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			unix.Unmount(rootfs, unix.MNT_DETACH)
+			os.RemoveAll(dir)
+		}
+	}()
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return status.Errorf(codes.Internal, "mount overlay rootfs: %v", err)
+	}
+	if err := prepareCgroup(req.Id); err != nil {
+		return status.Errorf(codes.Internal, "cgroup: %v", err)
+	}
+	if err := resolveUser(&spec, lower, req.User); err != nil {
+		return err
+	}
+	spec.Root = &specs.Root{Path: "rootfs", Readonly: spec.Root != nil && spec.Root.Readonly}
+	spec.Linux.CgroupsPath = "/" + cgroupParent + "/" + req.Id + "/ctr"
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.PIDNamespace && ns.Path == "pod" {
+			if c.pausePID == 0 {
+				return status.Error(codes.FailedPrecondition, "the pod has no shared PID namespace")
+			}
+			spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/pid", c.pausePID)
+		}
+	}
+	b, err := json.Marshal(&spec)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode spec: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		return status.Errorf(codes.Internal, "write spec: %v", err)
+	}
+	c.created[req.Id] = true
+	return nil
+}
+
+// prepareCgroup creates the container's parent cgroup with the controllers
+// runc needs enabled below it.
+func prepareCgroup(id string) error {
+	ctrl := []byte("+cpu +memory +pids +cpuset")
+	for _, d := range []string{cgroupRoot, filepath.Join(cgroupRoot, cgroupParent), cgroupDir(id)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), ctrl, 0); err != nil {
+			return fmt.Errorf("enable controllers in %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// start runs `runc run` on the bundle as a process of the process table.
+func (c *containers) start(t *procTable, req *agentapi.StartContainerRequest) (*process, error) {
+	c.mu.Lock()
+	ok := c.created[req.Id]
+	c.mu.Unlock()
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "container %q not found", req.Id)
+	}
+	dir := bundleDir(req.Id)
+	spec, err := readSpec(dir)
+	if err != nil {
+		return nil, err
+	}
+	pidFile := filepath.Join(dir, "init.pid")
+	return t.start(&agentapi.StartProcessRequest{
+		Id:    req.Id,
+		Args:  []string{agentapi.RuncPath, "--root", runcRoot, "run", "--bundle", dir, "--pid-file", pidFile, req.Id},
+		Env:   []string{"PATH=" + defaultPath},
+		Tty:   spec.Process.Terminal,
+		Stdin: req.Stdin,
+		Rows:  req.Rows,
+		Cols:  req.Cols,
+	}, &procHooks{pidFile: pidFile, cgroup: cgroupDir(req.Id)})
+}
+
+// exec runs `runc exec` for an extra process in a running container.
+func (c *containers) exec(t *procTable, req *agentapi.ExecProcessRequest) (*process, error) {
+	if err := validID(req.ExecId); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	ok := c.created[req.ContainerId]
+	c.mu.Unlock()
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "container %q not found", req.ContainerId)
+	}
+	var proc specs.Process
+	if err := json.Unmarshal(req.Process, &proc); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "decode process: %v", err)
+	}
+	if len(proc.Args) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "exec needs args")
+	}
+	spec, err := readSpec(bundleDir(req.ContainerId))
+	if err != nil {
+		return nil, err
+	}
+	// The exec'd process runs as the container's process does.
+	base := *spec.Process
+	base.Args, base.Terminal, base.ConsoleSize = proc.Args, proc.Terminal, nil
+	if proc.Env != nil {
+		base.Env = proc.Env
+	}
+	if proc.Cwd != "" {
+		base.Cwd = proc.Cwd
+	}
+	processJSON, err := json.Marshal(&base)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode process: %v", err)
+	}
+	dir := filepath.Join(bundleDir(req.ContainerId), "exec")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, status.Errorf(codes.Internal, "mkdir: %v", err)
+	}
+	procFile := filepath.Join(dir, req.ExecId+".json")
+	if err := os.WriteFile(procFile, processJSON, 0o600); err != nil {
+		return nil, status.Errorf(codes.Internal, "write process: %v", err)
+	}
+	pidFile := filepath.Join(dir, req.ExecId+".pid")
+	return t.start(&agentapi.StartProcessRequest{
+		Id:    req.ExecId,
+		Args:  []string{agentapi.RuncPath, "--root", runcRoot, "exec", "--process", procFile, "--pid-file", pidFile, req.ContainerId},
+		Env:   []string{"PATH=" + defaultPath},
+		Tty:   base.Terminal,
+		Stdin: req.Stdin,
+		Rows:  req.Rows,
+		Cols:  req.Cols,
+	}, &procHooks{pidFile: pidFile, cleanup: []string{procFile, pidFile}})
+}
+
+// update applies new cgroup limits with `runc update`.
+func (c *containers) update(req *agentapi.UpdateContainerRequest) error {
+	f := filepath.Join(bundleDir(req.Id), "resources.json")
+	if err := os.WriteFile(f, req.Resources, 0o600); err != nil {
+		return status.Errorf(codes.NotFound, "container %q: %v", req.Id, err)
+	}
+	out, err := runRunc("update", "--resources", f, req.Id)
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "runc update: %v: %s", err, out)
+	}
+	return nil
+}
+
+// remove kills the container if needed and frees its bundle and cgroup.
+func (c *containers) remove(t *procTable, id string) error {
+	if err := validID(id); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if out, err := runRunc("delete", "--force", id); err != nil && !strings.Contains(string(out), "does not exist") {
+		klog.InfoS("runc delete", "id", id, "err", err, "output", string(out))
+	}
+	// runc run exits once its container is gone; wait briefly for the reaper.
+	if p, err := t.get(id); err == nil {
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			return status.Errorf(codes.DeadlineExceeded, "container %q did not exit", id)
+		}
+	}
+	dir := bundleDir(id)
+	if err := unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return status.Errorf(codes.Internal, "unmount rootfs: %v", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return status.Errorf(codes.Internal, "remove bundle: %v", err)
+	}
+	cg := cgroupDir(id)
+	os.Remove(filepath.Join(cg, "ctr"))
+	if err := os.Remove(cg); err != nil && !os.IsNotExist(err) {
+		return status.Errorf(codes.Internal, "remove cgroup: %v", err)
+	}
+	delete(c.created, id)
+	return nil
+}
+
+func runRunc(args ...string) ([]byte, error) {
+	cmd := execCommand(agentapi.RuncPath, append([]string{"--root", runcRoot}, args...)...)
+	return cmd.CombinedOutput()
+}
+
+func readSpec(dir string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "read spec: %v", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, status.Errorf(codes.Internal, "decode spec: %v", err)
+	}
+	return &spec, nil
+}
+
+// oomKilled reads the oom_kill counter of a cgroup's memory.events.
+func oomKilled(cgroup string) bool {
+	return cgroupKey(filepath.Join(cgroup, "memory.events"), "oom_kill") > 0
+}
+
+// cgroupKey reads "key value" from a flat-keyed cgroup file.
+func cgroupKey(file, key string) uint64 {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+" "); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func readPID(file string) (int, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// resolveUser sets process.user from "user[:group]" looked up in the image's
+// /etc/passwd and /etc/group, read through an os.Root so that symlinks in
+// the image cannot point the lookup at guest files.
+func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
+	if userSpec == "" {
+		userSpec = "0"
+	}
+	root, err := os.OpenRoot(imageRoot)
+	if err != nil {
+		return status.Errorf(codes.Internal, "open image: %v", err)
+	}
+	defer root.Close()
+	var passwd, group io.Reader
+	if f, err := root.Open("etc/passwd"); err == nil {
+		defer f.Close()
+		passwd = io.LimitReader(f, 4<<20)
+	}
+	if f, err := root.Open("etc/group"); err == nil {
+		defer f.Close()
+		group = io.LimitReader(f, 4<<20)
+	}
+	u, err := user.GetExecUser(userSpec, &user.ExecUser{Home: "/"}, passwd, group)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "user %q: %v", userSpec, err)
+	}
+	add := spec.Process.User.AdditionalGids
+	spec.Process.User = specs.User{UID: uint32(u.Uid), GID: uint32(u.Gid)}
+	// The primary group is listed too, as containerd does.
+	seen := map[uint32]bool{}
+	for _, g := range append(append([]uint32{uint32(u.Gid)}, intsToU32(u.Sgids)...), add...) {
+		if !seen[g] {
+			seen[g] = true
+			spec.Process.User.AdditionalGids = append(spec.Process.User.AdditionalGids, g)
+		}
+	}
+	if envValue(spec.Process.Env, "HOME") == "" {
+		spec.Process.Env = append(spec.Process.Env, "HOME="+u.Home)
+	}
+	return nil
+}
+
+func intsToU32(in []int) []uint32 {
+	out := make([]uint32, 0, len(in))
+	for _, v := range in {
+		out = append(out, uint32(v))
+	}
+	return out
+}

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+)
+
+func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+
+// setupPod applies the pod's identity to the VM.
+func (c *containers) setupPod(req *agentapi.SetupPodRequest) error {
+	if err := os.MkdirAll(agentapi.PodShmDir, 0o755); err != nil {
+		return status.Errorf(codes.Internal, "mkdir: %v", err)
+	}
+	if isSameFS(agentapi.PodShmDir, agentapi.PodDir) {
+		if err := unix.Mount("shm", agentapi.PodShmDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+			return status.Errorf(codes.Internal, "mount pod shm: %v", err)
+		}
+	}
+	if req.Hostname != "" {
+		if err := unix.Sethostname([]byte(req.Hostname)); err != nil {
+			return status.Errorf(codes.InvalidArgument, "set hostname %q: %v", req.Hostname, err)
+		}
+	}
+	host, _ := os.Hostname()
+	files := map[string][]byte{
+		agentapi.PodHostnameFile: []byte(host + "\n"),
+		agentapi.PodHostsFile:    req.Hosts,
+		agentapi.PodResolvConf:   req.ResolvConf,
+	}
+	for f, b := range files {
+		if err := writeFileAtomic(f, b, 0o644); err != nil {
+			return status.Errorf(codes.Internal, "write %s: %v", f, err)
+		}
+	}
+	for k, v := range req.Sysctls {
+		if strings.Contains(k, "..") || strings.ContainsAny(k, "\x00") {
+			return status.Errorf(codes.InvalidArgument, "invalid sysctl %q", k)
+		}
+		f := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
+		if err := os.WriteFile(f, []byte(v), 0); err != nil {
+			return status.Errorf(codes.InvalidArgument, "sysctl %s=%s: %v", k, v, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.SharePid && c.pausePID == 0 {
+		cmd := &exec.Cmd{
+			Path:        "/init",
+			Args:        []string{"/init", "pause"},
+			SysProcAttr: &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: true},
+		}
+		if err := cmd.Start(); err != nil {
+			return status.Errorf(codes.Internal, "start pod PID namespace holder: %v", err)
+		}
+		c.pausePID = cmd.Process.Pid
+		klog.V(1).InfoS("pod PID namespace", "holder", c.pausePID)
+	}
+	return nil
+}
+
+func isSameFS(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev
+}
+
+func writeFileAtomic(name string, b []byte, mode os.FileMode) error {
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, name)
+}
+
+// pause is PID 1 of the pod's shared PID namespace: it reaps what is
+// reparented to it and otherwise sleeps.
+func pause() {
+	ch := make(chan os.Signal, 8)
+	signalNotify(ch, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT)
+	for sig := range ch {
+		if sig != unix.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws unix.WaitStatus
+			if pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
