@@ -73,11 +73,17 @@ func (b *outBuf) close() {
 	b.mu.Unlock()
 }
 
+// resumeOffset asks read for the oldest unacknowledged byte.
+const resumeOffset = ^uint64(0)
+
 // read returns up to max bytes from stream offset off, waiting for data.
 // eof is true once the stream ended and everything before off was read.
 func (b *outBuf) read(ctx context.Context, off uint64, max int) (data []byte, eof bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if off == resumeOffset {
+		off = b.base
+	}
 	if off < b.base {
 		return nil, false, status.Errorf(codes.OutOfRange, "read at %d: buffer starts at %d", off, b.base)
 	}
@@ -112,4 +118,11 @@ func (b *outBuf) peek(max int) []byte {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]byte(nil), b.data[:min(len(b.data), max)]...)
+}
+
+// base returns the stream offset of the oldest unacknowledged byte.
+func (b *outBuf) start() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.base
 }

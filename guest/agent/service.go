@@ -75,11 +75,19 @@ func (s *service) ReadOutput(ctx context.Context, req *agentapi.ReadOutputReques
 	if max <= 0 || max > maxRead {
 		max = maxRead
 	}
-	data, eof, err := p.out[req.Stream].read(ctx, req.Offset, max)
+	off := req.Offset
+	if req.Resume {
+		off = resumeOffset
+	}
+	buf := p.out[req.Stream]
+	data, eof, err := buf.read(ctx, off, max)
 	if err != nil {
 		return nil, err
 	}
-	return &agentapi.ReadOutputResponse{Data: data, Eof: eof}, nil
+	if req.Resume {
+		off = buf.start()
+	}
+	return &agentapi.ReadOutputResponse{Data: data, Eof: eof, Offset: off}, nil
 }
 
 func (s *service) ResizeTty(ctx context.Context, req *agentapi.ResizeTtyRequest) (*agentapi.Empty, error) {

@@ -44,12 +44,26 @@ func (c *Client) Process(id string) *Process { return &Process{c: c, ID: id} }
 // CopyOutput copies one output stream to w until it ends, starting at stream
 // offset off. It returns the offset reached, so a caller can resume.
 func (p *Process) CopyOutput(ctx context.Context, s agentapi.Stream, off uint64, w io.Writer) (uint64, error) {
+	return p.copyOutput(ctx, s, off, false, w)
+}
+
+// ResumeOutput is CopyOutput from the oldest byte the agent still holds, for
+// a host that does not know how far its predecessor copied. Bytes copied
+// but not yet acknowledged before a restart are copied again.
+func (p *Process) ResumeOutput(ctx context.Context, s agentapi.Stream, w io.Writer) (uint64, error) {
+	return p.copyOutput(ctx, s, 0, true, w)
+}
+
+func (p *Process) copyOutput(ctx context.Context, s agentapi.Stream, off uint64, resume bool, w io.Writer) (uint64, error) {
 	for {
 		resp, err := call(ctx, p.c, "read output", func(svc agentapi.AgentService) (*agentapi.ReadOutputResponse, error) {
-			return svc.ReadOutput(ctx, &agentapi.ReadOutputRequest{Id: p.ID, Stream: s, Offset: off, MaxBytes: chunk})
+			return svc.ReadOutput(ctx, &agentapi.ReadOutputRequest{Id: p.ID, Stream: s, Offset: off, MaxBytes: chunk, Resume: resume})
 		})
 		if err != nil {
 			return off, err
+		}
+		if resume {
+			off, resume = resp.Offset, false
 		}
 		if len(resp.Data) > 0 {
 			if _, err := w.Write(resp.Data); err != nil {

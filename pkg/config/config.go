@@ -80,6 +80,8 @@ type VM struct {
 	// VCPUs and MemoryMiB size a pod VM.
 	VCPUs     int `toml:"vcpus"`
 	MemoryMiB int `toml:"memory_mib"`
+	// MaxMemoryMiB caps a pod VM sized up for its pod's limits (0: no cap).
+	MaxMemoryMiB int `toml:"max_memory_mib"`
 	// TCGCacheMiB bounds TCG's translation cache per VM (host memory).
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// KernelArgs are appended to the guest kernel command line.

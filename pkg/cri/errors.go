@@ -9,7 +9,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/sandbox"
 )
 
 // toGRPC maps an error from the layers below to a gRPC status. It is the
@@ -34,6 +36,18 @@ func toGRPC(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, errUnavailable):
 		code = codes.FailedPrecondition
+	case errors.Is(err, sandbox.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, sandbox.ErrAlreadyExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, sandbox.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrUnsupported):
+		code = codes.FailedPrecondition
+	case errors.Is(err, sandbox.ErrExecTimeout):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, agent.ErrUnavailable):
+		code = codes.Unavailable
 	case errors.Is(err, imageservice.ErrDigestMismatch):
 		code = codes.DataLoss
 	case errors.As(err, &terr):

@@ -26,6 +26,7 @@ type Service struct {
 	version string
 	accel   func() (vm.Accel, error)
 	images  ImageStore
+	runtime Runtime
 }
 
 // ImageStore is what the CRI ImageService needs (pkg/imageservice).

@@ -36,10 +36,9 @@ type ImageConfig struct {
 
 // Input is everything a container's spec is made from.
 type Input struct {
-	Config    *runtime.ContainerConfig
-	Sandbox   *runtime.PodSandboxConfig
-	Image     ImageConfig
-	SharedPID bool // the pod asked for one PID namespace
+	Config  *runtime.ContainerConfig
+	Sandbox *runtime.PodSandboxConfig
+	Image   ImageConfig
 	// Mounts are the container's CRI mounts already mapped to guest paths.
 	Mounts []specs.Mount
 }
@@ -131,7 +130,9 @@ func Spec(in Input) (*specs.Spec, string, error) {
 			Resources: &specs.LinuxResources{},
 		},
 	}
-	if in.SharedPID || sc.GetNamespaceOptions().GetPid() == runtime.NamespaceMode_POD {
+	// NamespaceMode POD (also the protobuf default) joins the pod's PID
+	// namespace, which the agent holds; CONTAINER gets its own.
+	if sc.GetNamespaceOptions().GetPid() == runtime.NamespaceMode_POD {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "pod"})
 	} else {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})

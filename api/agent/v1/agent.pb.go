@@ -522,11 +522,14 @@ func (x *CloseStdinRequest) GetId() string {
 }
 
 type ReadOutputRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Stream        Stream                 `protobuf:"varint,2,opt,name=stream,proto3,enum=hyperlet.agent.v1.Stream" json:"stream,omitempty"`
-	Offset        uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
-	MaxBytes      uint32                 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Stream   Stream                 `protobuf:"varint,2,opt,name=stream,proto3,enum=hyperlet.agent.v1.Stream" json:"stream,omitempty"`
+	Offset   uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	MaxBytes uint32                 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// resume ignores offset and reads from the oldest unacknowledged byte:
+	// a restarted host does not know how far its predecessor got.
+	Resume        bool `protobuf:"varint,5,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -589,11 +592,20 @@ func (x *ReadOutputRequest) GetMaxBytes() uint32 {
 	return 0
 }
 
+func (x *ReadOutputRequest) GetResume() bool {
+	if x != nil {
+		return x.Resume
+	}
+	return false
+}
+
 type ReadOutputResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// eof is set once the stream has ended and every byte was returned.
-	Eof           bool `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
+	Eof bool `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
+	// offset is the stream offset of data[0].
+	Offset        uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -640,6 +652,13 @@ func (x *ReadOutputResponse) GetEof() bool {
 		return x.Eof
 	}
 	return false
+}
+
+func (x *ReadOutputResponse) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
 }
 
 type ResizeTtyRequest struct {
@@ -1658,15 +1677,17 @@ const file_agent_proto_rawDesc = "" +
 	"\x12WriteStdinResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\"#\n" +
 	"\x11CloseStdinRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x8b\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xa3\x01\n" +
 	"\x11ReadOutputRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x121\n" +
 	"\x06stream\x18\x02 \x01(\x0e2\x19.hyperlet.agent.v1.StreamR\x06stream\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x1b\n" +
-	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\":\n" +
+	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\x12\x16\n" +
+	"\x06resume\x18\x05 \x01(\bR\x06resume\"R\n" +
 	"\x12ReadOutputResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x10\n" +
-	"\x03eof\x18\x02 \x01(\bR\x03eof\"J\n" +
+	"\x03eof\x18\x02 \x01(\bR\x03eof\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\"J\n" +
 	"\x10ResizeTtyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04rows\x18\x02 \x01(\rR\x04rows\x12\x12\n" +

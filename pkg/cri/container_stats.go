@@ -1,0 +1,70 @@
+package cri
+
+import (
+	"context"
+	"strings"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/sandbox"
+)
+
+// ContainerStats reports a container's CPU, memory and writable layer use,
+// read from its cgroup in the VM.
+func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
+	c, err := s.runtime.Container(r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.ContainerStatsResponse{Stats: s.containerStats(ctx, c)}, nil
+}
+
+// ListContainerStats reports stats of the running containers that match.
+func (s *Service) ListContainerStats(ctx context.Context, r *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
+	f := r.GetFilter()
+	resp := &runtimeapi.ListContainerStatsResponse{}
+	for _, c := range s.runtime.Containers() {
+		if f.GetId() != "" && !strings.HasPrefix(c.ID(), f.GetId()) ||
+			f.GetPodSandboxId() != "" && !strings.HasPrefix(c.PodID(), f.GetPodSandboxId()) ||
+			!matchLabels(c.Config().GetLabels(), f.GetLabelSelector()) {
+			continue
+		}
+		if c.Status().State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			continue
+		}
+		resp.Stats = append(resp.Stats, s.containerStats(ctx, c))
+	}
+	return resp, nil
+}
+
+// containerStats never fails: a container whose VM cannot answer gets
+// stats without usage, as kubelet expects an entry per container.
+func (s *Service) containerStats(ctx context.Context, c *sandbox.Container) *runtimeapi.ContainerStats {
+	cfg := c.Config()
+	out := &runtimeapi.ContainerStats{
+		Attributes: &runtimeapi.ContainerAttributes{
+			Id: c.ID(), Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
+		},
+	}
+	st, err := s.runtime.ContainerStats(ctx, c.ID())
+	if err != nil {
+		return out
+	}
+	ts := st.TimestampUnixNano
+	out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: st.CpuUsageNano}}
+	out.Memory = &runtimeapi.MemoryUsage{
+		Timestamp:       ts,
+		WorkingSetBytes: &runtimeapi.UInt64Value{Value: st.MemoryWorkingSetBytes},
+		UsageBytes:      &runtimeapi.UInt64Value{Value: st.MemoryUsageBytes},
+		RssBytes:        &runtimeapi.UInt64Value{Value: st.MemoryRssBytes},
+		PageFaults:      &runtimeapi.UInt64Value{Value: st.PageFaults},
+		MajorPageFaults: &runtimeapi.UInt64Value{Value: st.MajorPageFaults},
+	}
+	out.WritableLayer = &runtimeapi.FilesystemUsage{
+		Timestamp:  ts,
+		FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: "/run/hyperlet/containers"},
+		UsedBytes:  &runtimeapi.UInt64Value{Value: st.WritableLayerBytes},
+		InodesUsed: &runtimeapi.UInt64Value{Value: st.WritableLayerInodes},
+	}
+	return out
+}

@@ -1,0 +1,56 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/sandbox"
+)
+
+// ContainerStatus reports a container's state, exit and image.
+func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	c, err := s.runtime.Container(r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(c)}
+	if r.Verbose {
+		st := c.Status()
+		info, _ := json.Marshal(map[string]any{"pid": st.Pid, "podId": st.PodID, "config": c.Config()})
+		resp.Info = map[string]string{"info": string(info)}
+	}
+	return resp, nil
+}
+
+func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
+	cfg := c.Config()
+	st := c.Status()
+	var mounts []*runtimeapi.Mount
+	for _, m := range cfg.GetMounts() {
+		mounts = append(mounts, m)
+	}
+	out := &runtimeapi.ContainerStatus{
+		Id:          st.ID,
+		Metadata:    cfg.GetMetadata(),
+		State:       st.State,
+		CreatedAt:   st.CreatedAt,
+		StartedAt:   st.StartedAt,
+		FinishedAt:  st.FinishedAt,
+		ExitCode:    st.ExitCode,
+		Image:       cfg.GetImage(),
+		ImageRef:    st.ImageRef,
+		ImageId:     st.ImageID,
+		Reason:      st.Reason,
+		Message:     st.Message,
+		Labels:      cfg.GetLabels(),
+		Annotations: cfg.GetAnnotations(),
+		Mounts:      mounts,
+		LogPath:     st.LogPath,
+	}
+	if r := cfg.GetLinux().GetResources(); r != nil {
+		out.Resources = &runtimeapi.ContainerResources{Linux: r}
+	}
+	return out
+}

@@ -1,0 +1,31 @@
+package cri
+
+import (
+	"context"
+	"strings"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// ListPodSandbox lists pods, filtered by ID (or prefix), state and labels.
+func (s *Service) ListPodSandbox(ctx context.Context, r *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
+	f := r.GetFilter()
+	resp := &runtimeapi.ListPodSandboxResponse{}
+	for _, p := range s.runtime.Pods() {
+		if f.GetId() != "" && !strings.HasPrefix(p.ID(), f.GetId()) {
+			continue
+		}
+		st := podStatus(p)
+		if f.GetState() != nil && f.GetState().State != st.State {
+			continue
+		}
+		if !matchLabels(st.Labels, f.GetLabelSelector()) {
+			continue
+		}
+		resp.Items = append(resp.Items, &runtimeapi.PodSandbox{
+			Id: st.Id, Metadata: st.Metadata, State: st.State, CreatedAt: st.CreatedAt,
+			Labels: st.Labels, Annotations: st.Annotations, RuntimeHandler: st.RuntimeHandler,
+		})
+	}
+	return resp, nil
+}

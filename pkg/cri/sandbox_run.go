@@ -1,0 +1,20 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RunPodSandbox boots the pod's VM.
+func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	if r.GetConfig() == nil {
+		return nil, fmt.Errorf("%w: pod config is required", errInvalid)
+	}
+	p, err := s.runtime.RunPod(ctx, r.Config, r.RuntimeHandler)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: p.ID()}, nil
+}

@@ -1,0 +1,211 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// Images is what pods need from the image service.
+type Images interface {
+	Get(ref string) (*imageservice.Image, error)
+	ConfigFile(img *imageservice.Image) (*v1.ConfigFile, error)
+	// Disk returns the image's read-only filesystem image, built once.
+	Disk(ctx context.Context, id string) (string, error)
+	// Acquire pins an image while a container uses it.
+	Acquire(id string) (release func(), err error)
+}
+
+// Hypervisor starts pod VMs and takes over those a previous daemon started.
+type Hypervisor interface {
+	vm.Hypervisor
+	Attach(ctx context.Context, cfg vm.Config) (vm.VM, error)
+}
+
+// Config is how the Manager makes pod VMs.
+type Config struct {
+	// Root holds persistent records (the database); pod files go under
+	// Root/pods/<id>.
+	Root string
+	// VM returns the base VM configuration of a pod (kernel, initrd, base
+	// size, directory); the Manager sizes it for the pod.
+	VM func(id string) vm.Config
+	// Accel returns the resolved accelerator.
+	Accel func(ctx context.Context) (vm.Accel, error)
+	// MaxVCPUs and MaxMemoryMiB bound a pod VM's size.
+	MaxVCPUs, MaxMemoryMiB int
+}
+
+// Manager owns every pod VM and container on the node: their records
+// (persisted), their VMs and agent connections, and the goroutines that
+// watch running containers and write their logs.
+type Manager struct {
+	cfg    Config
+	hv     Hypervisor
+	images Images
+	db     *store
+	events events
+
+	mu   sync.Mutex
+	pods map[string]*Pod
+	ctrs map[string]*Container
+	// names reserves pod and container names (kubelet's uniqueness rule).
+	names map[string]string
+}
+
+// New opens the Manager's records and takes over the pods a previous daemon
+// left running.
+func New(ctx context.Context, cfg Config, hv Hypervisor, images Images) (*Manager, error) {
+	if err := os.MkdirAll(filepath.Join(cfg.Root, "pods"), 0o711); err != nil {
+		return nil, err
+	}
+	db, err := openStore(cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, hv: hv, images: images, db: db,
+		pods: map[string]*Pod{}, ctrs: map[string]*Container{}, names: map[string]string{}}
+	if err := m.recover(ctx); err != nil {
+		db.close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Close releases the database. Pod VMs keep running: a restarted daemon
+// takes them over.
+func (m *Manager) Close() error { return m.db.close() }
+
+func newID() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Pod returns a pod by ID or unique ID prefix.
+func (m *Manager) Pod(id string) (*Pod, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return lookup(m.pods, id, "pod")
+}
+
+// Container returns a container by ID or unique ID prefix.
+func (m *Manager) Container(id string) (*Container, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return lookup(m.ctrs, id, "container")
+}
+
+func lookup[T any](all map[string]*T, id, kind string) (*T, error) {
+	if id == "" {
+		return nil, fmt.Errorf("%w: empty %s ID", ErrInvalid, kind)
+	}
+	if v, ok := all[id]; ok {
+		return v, nil
+	}
+	var found *T
+	for k, v := range all {
+		if strings.HasPrefix(k, id) {
+			if found != nil {
+				return nil, fmt.Errorf("%w: %s ID prefix %q is ambiguous", ErrInvalid, kind, id)
+			}
+			found = v
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("%s %q: %w", kind, id, ErrNotFound)
+	}
+	return found, nil
+}
+
+// Pods lists every pod, oldest first.
+func (m *Manager) Pods() []*Pod {
+	m.mu.Lock()
+	out := make([]*Pod, 0, len(m.pods))
+	for _, p := range m.pods {
+		out = append(out, p)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].rec.CreatedAt < out[j].rec.CreatedAt })
+	return out
+}
+
+// Containers lists every container, oldest first.
+func (m *Manager) Containers() []*Container {
+	m.mu.Lock()
+	out := make([]*Container, 0, len(m.ctrs))
+	for _, c := range m.ctrs {
+		out = append(out, c)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].rec.CreatedAt < out[j].rec.CreatedAt })
+	return out
+}
+
+func (m *Manager) reserveName(name, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if other, ok := m.names[name]; ok && other != id {
+		return fmt.Errorf("name %q is reserved for %s: %w", name, other, ErrAlreadyExists)
+	}
+	m.names[name] = id
+	return nil
+}
+
+func (m *Manager) releaseName(name, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.names[name] == id {
+		delete(m.names, name)
+	}
+}
+
+// recover loads the records and reconnects to the VMs that still run.
+func (m *Manager) recover(ctx context.Context) error {
+	var pods []*podRecord
+	if err := each(m.db, podsBucket, func(r *podRecord) { pods = append(pods, r) }); err != nil {
+		return err
+	}
+	var ctrs []*containerRecord
+	if err := each(m.db, containersBucket, func(r *containerRecord) { ctrs = append(ctrs, r) }); err != nil {
+		return err
+	}
+	for _, r := range pods {
+		p, err := m.restorePod(ctx, r)
+		if err != nil {
+			klog.ErrorS(err, "restore pod record", "pod", r.ID)
+			continue
+		}
+		m.pods[p.ID()] = p
+		m.names[p.name()] = p.ID()
+	}
+	for _, r := range ctrs {
+		p, ok := m.pods[r.PodID]
+		if !ok {
+			klog.InfoS("dropping container of a missing pod", "container", r.ID, "pod", r.PodID)
+			m.db.delete(containersBucket, r.ID)
+			continue
+		}
+		c, err := m.restoreContainer(p, r)
+		if err != nil {
+			klog.ErrorS(err, "restore container record", "container", r.ID)
+			continue
+		}
+		m.ctrs[c.ID()] = c
+		m.names[c.name()] = c.ID()
+	}
+	klog.InfoS("restored runtime state", "pods", len(m.pods), "containers", len(m.ctrs))
+	return nil
+}
