@@ -117,9 +117,10 @@ func serve(o options) error {
 	// The accelerator probe may take seconds; the CRI answers meanwhile and
 	// reports RuntimeReady=false until it is done.
 	var (
-		mu       sync.Mutex
-		accel    vm.Accel
-		accelErr = errors.New("probing VM accelerator")
+		mu        sync.Mutex
+		accel     vm.Accel
+		accelErr  = errors.New("probing VM accelerator")
+		probeDone = make(chan struct{})
 	)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,13 +132,35 @@ func serve(o options) error {
 		mu.Lock()
 		accel, accelErr = a, err
 		mu.Unlock()
+		close(probeDone)
 	}()
-
-	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithAccel(func() (vm.Accel, error) {
+	currentAccel := func() (vm.Accel, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return accel, accelErr
-	}))
+	}
+
+	// Pods left by a previous daemon are taken over before serving.
+	pods, err := sandbox.New(ctx, sandbox.Config{
+		Root:       o.root,
+		SharedRoot: filepath.Join(o.state, "shared"),
+		VM:         e.vmConfig,
+		Accel: func(ctx context.Context) (vm.Accel, error) {
+			select {
+			case <-probeDone:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+			return currentAccel()
+		},
+		MaxMemoryMiB: e.cfg.VM.MaxMemoryMiB,
+	}, e.driver, images)
+	if err != nil {
+		return err
+	}
+	defer pods.Close()
+
+	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
 	svc.Register(g)
 

@@ -38,7 +38,8 @@ type containers struct {
 	mu      sync.Mutex
 	images  map[string]string // image ID -> mount point
 	created map[string]bool
-	pausePID int // holder of the pod PID namespace, 0 without one
+	pausePID int  // holder of the pod PID namespace, 0 without one
+	sharedFS bool // the host's shared directory is mounted
 }
 
 func newContainers() *containers {
@@ -74,8 +75,17 @@ func (c *containers) mountImage(req *agentapi.MountImageRequest) error {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return status.Errorf(codes.Internal, "mkdir: %v", err)
 	}
-	if err := unix.Mount(dev, mnt, fstype, unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
-		return status.Errorf(codes.Internal, "mount %s (%s) on %s: %v", dev, fstype, mnt, err)
+	// A hot-added disk's node can exist before the disk is ready (ENXIO).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := unix.Mount(dev, mnt, fstype, unix.MS_RDONLY|unix.MS_NODEV, "")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+			return status.Errorf(codes.Internal, "mount %s (%s) on %s: %v", dev, fstype, mnt, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	c.images[req.ImageId] = mnt
 	klog.V(1).InfoS("image mounted", "image", req.ImageId, "dev", dev)
@@ -90,7 +100,8 @@ func waitSCSIDisk(target, lun uint32, timeout time.Duration) (string, error) {
 		m, _ := filepath.Glob(pattern)
 		if len(m) == 1 {
 			dev := "/dev/" + filepath.Base(m[0])
-			if _, err := os.Stat(dev); err == nil {
+			size, _ := os.ReadFile(filepath.Join(m[0], "size"))
+			if _, err := os.Stat(dev); err == nil && strings.TrimSpace(string(size)) != "0" && len(size) > 0 {
 				return dev, nil
 			}
 		}

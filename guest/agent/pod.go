@@ -54,6 +54,16 @@ func (c *containers) setupPod(req *agentapi.SetupPodRequest) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if req.SharedFs && !c.sharedFS {
+		if err := os.MkdirAll(agentapi.SharedDir, 0o755); err != nil {
+			return status.Errorf(codes.Internal, "mkdir: %v", err)
+		}
+		opts := "trans=virtio,version=9p2000.L,msize=524288,cache=none,access=client"
+		if err := unix.Mount(agentapi.SharedFSTag, agentapi.SharedDir, "9p", unix.MS_NODEV, opts); err != nil {
+			return status.Errorf(codes.Internal, "mount shared directory: %v", err)
+		}
+		c.sharedFS = true
+	}
 	if req.SharePid && c.pausePID == 0 {
 		cmd := &exec.Cmd{
 			Path:        "/init",

@@ -146,10 +146,17 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := pod.ensureImage(ctx, imageID, disk); err != nil {
 		return nil, err
 	}
-	if len(cfg.Mounts) > 0 {
-		return nil, fmt.Errorf("%w: host path mounts are not supported yet", ErrUnsupported)
+	mounts, err := shareMounts(pod.rec.VM.SharedDir, id, cfg.Mounts)
+	if err != nil {
+		return nil, err
 	}
+	defer func() {
+		if retErr != nil {
+			unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
+		}
+	}()
 	spec, user, err := oci.Spec(oci.Input{
+		Mounts:  mounts,
 		Config:  cfg,
 		Sandbox: pod.cfg,
 		Image: oci.ImageConfig{
@@ -374,6 +381,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	if client, err := c.pod.client(); err == nil {
 		if err := client.RemoveContainer(ctx, c.ID()); err != nil && !errors.Is(err, agent.ErrUnavailable) {
 			return fmt.Errorf("remove container in VM: %w", err)
+		}
+	}
+	if len(c.cfg.Mounts) > 0 {
+		if err := unshareMounts(c.pod.rec.VM.SharedDir, c.rec.ID[:16]+"-"); err != nil {
+			return fmt.Errorf("remove volumes of %s: %w", c.rec.ID, err)
 		}
 	}
 	c.mu.Lock()

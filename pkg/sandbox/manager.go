@@ -44,6 +44,8 @@ type Config struct {
 	VM func(id string) vm.Config
 	// Accel returns the resolved accelerator.
 	Accel func(ctx context.Context) (vm.Accel, error)
+	// SharedRoot holds each pod's shared directory (volumes, over 9p).
+	SharedRoot string
 	// MaxVCPUs and MaxMemoryMiB bound a pod VM's size.
 	MaxVCPUs, MaxMemoryMiB int
 }

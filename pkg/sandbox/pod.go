@@ -154,9 +154,14 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	vc := m.cfg.VM(id[:16])
 	vc.Accel = accel
 	vc.ConsoleLog = filepath.Join(p.dir(), "console.log")
+	vc.SharedDir = filepath.Join(m.cfg.SharedRoot, id[:16])
 	m.sizeVM(&vc, cfg)
 	p.rec.VM = vc
 	if err := os.MkdirAll(p.dir(), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(vc.SharedDir, 0o700); err != nil {
+		os.RemoveAll(p.dir())
 		return nil, err
 	}
 	// The record goes first, so a daemon killed during boot finds the VM
@@ -169,6 +174,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		if retErr != nil {
 			m.db.delete(podsBucket, id)
 			os.RemoveAll(p.dir())
+			removeShared(vc.SharedDir)
 		}
 	}()
 	v, client, err := BootVM(ctx, m.hv, vc)
@@ -228,6 +234,7 @@ func podSetup(cfg *runtime.PodSandboxConfig) *agent.PodSetup {
 		ResolvConf: resolvConf(cfg.GetDnsConfig()),
 		Sysctls:    cfg.GetLinux().GetSysctls(),
 		SharePid:   cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtime.NamespaceMode_POD,
+		SharedFs:   true,
 	}
 }
 
@@ -316,6 +323,11 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.rec.VM.SharedDir != "" {
+		if err := removeShared(p.rec.VM.SharedDir); err != nil {
+			return err
+		}
+	}
 	if err := os.RemoveAll(p.dir()); err != nil {
 		return fmt.Errorf("remove pod directory: %w", err)
 	}

@@ -47,6 +47,10 @@ type Config struct {
 
 	VCPUs     int
 	MemoryMiB int
+
+	// SharedDir, if set, is a host directory the guest mounts over
+	// virtio-9p (the pod's volumes).
+	SharedDir string
 	// Accel must be AccelKVM or AccelTCG; resolve AccelAuto with a probe first.
 	Accel Accel
 }

@@ -1019,7 +1019,9 @@ type SetupPodRequest struct {
 	ResolvConf []byte                 `protobuf:"bytes,3,opt,name=resolv_conf,json=resolvConf,proto3" json:"resolv_conf,omitempty"`
 	Sysctls    map[string]string      `protobuf:"bytes,4,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// share_pid gives every container of the pod one PID namespace.
-	SharePid      bool `protobuf:"varint,5,opt,name=share_pid,json=sharePid,proto3" json:"share_pid,omitempty"`
+	SharePid bool `protobuf:"varint,5,opt,name=share_pid,json=sharePid,proto3" json:"share_pid,omitempty"`
+	// shared_fs mounts the host's shared directory (9p tag SharedFSTag).
+	SharedFs      bool `protobuf:"varint,6,opt,name=shared_fs,json=sharedFs,proto3" json:"shared_fs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1085,6 +1087,13 @@ func (x *SetupPodRequest) GetSysctls() map[string]string {
 func (x *SetupPodRequest) GetSharePid() bool {
 	if x != nil {
 		return x.SharePid
+	}
+	return false
+}
+
+func (x *SetupPodRequest) GetSharedFs() bool {
+	if x != nil {
+		return x.SharedFs
 	}
 	return false
 }
@@ -1707,14 +1716,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
 	"\x17SetGuestDateTimeRequest\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\"\x11\n" +
-	"\x0fShutdownRequest\"\x88\x02\n" +
+	"\x0fShutdownRequest\"\xa5\x02\n" +
 	"\x0fSetupPodRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
 	"\x05hosts\x18\x02 \x01(\fR\x05hosts\x12\x1f\n" +
 	"\vresolv_conf\x18\x03 \x01(\fR\n" +
 	"resolvConf\x12I\n" +
 	"\asysctls\x18\x04 \x03(\v2/.hyperlet.agent.v1.SetupPodRequest.SysctlsEntryR\asysctls\x12\x1b\n" +
-	"\tshare_pid\x18\x05 \x01(\bR\bsharePid\x1a:\n" +
+	"\tshare_pid\x18\x05 \x01(\bR\bsharePid\x12\x1b\n" +
+	"\tshared_fs\x18\x06 \x01(\bR\bsharedFs\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +

@@ -11,6 +11,10 @@ const (
 	PodHostnameFile = PodDir + "/hostname"
 	// PodShmDir is the pod's shared /dev/shm (containers share IPC).
 	PodShmDir = PodDir + "/shm"
+	// SharedFSTag is the 9p mount tag of the pod's shared directory, which
+	// SetupPod mounts at SharedDir. Volume mounts point into it.
+	SharedFSTag = "hyperlet"
+	SharedDir   = "/run/hyperlet/shared"
 	// RuncPath is where the guest image installs runc.
 	RuncPath = "/usr/sbin/runc"
 )

@@ -9,7 +9,7 @@ import (
 
 func TestArgs(t *testing.T) {
 	base := vm.Config{ID: "p1", Dir: "/run/h/p1", ConsoleLog: "/var/log/p1.console", Kernel: "/k", Initrd: "/i",
-		VCPUs: 2, MemoryMiB: 512, KernelArgs: []string{"hyperlet.v=2"}}
+		VCPUs: 2, MemoryMiB: 512, KernelArgs: []string{"hyperlet.v=2"}, SharedDir: "/run/h/shared/p1"}
 	tests := []struct {
 		accel   vm.Accel
 		want    []string
@@ -17,7 +17,8 @@ func TestArgs(t *testing.T) {
 	}{
 		{vm.AccelTCG,
 			[]string{"-accel tcg,tb-size=32", "-M microvm,x-option-roms=off,rtc=off,acpi=off -accel", "-smp 2", "-m 512M", "hyperlet.v=2", "reboot=t", "-no-reboot",
-				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0", "path=/var/log/p1.console", "/run/h/p1/qmp.sock"},
+				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0", "path=/var/log/p1.console", "/run/h/p1/qmp.sock",
+				"local,id=shared,path=/run/h/shared/p1,security_model=passthrough", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet"},
 			[]string{"pit=off", "tsc=reliable", "-cpu host"}},
 		{vm.AccelKVM,
 			[]string{"-accel kvm", "pit=off,pic=off", "-cpu host", "tsc=reliable"},

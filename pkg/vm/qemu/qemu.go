@@ -75,7 +75,7 @@ func (d *Driver) args(cfg vm.Config) []string {
 		kargs = append(kargs, "tsc=reliable")
 	}
 	dir := cfg.Dir
-	return []string{
+	args := []string{
 		"-name", "hyperlet-" + cfg.ID,
 		"-M", machine,
 		"-accel", accel,
@@ -97,6 +97,14 @@ func (d *Driver) args(cfg vm.Config) []string {
 		"-device", "virtio-rng-device",
 		"-pidfile", filepath.Join(dir, pidFile),
 	}
+	if cfg.SharedDir != "" {
+		// Files the host shares with the pod (volumes), over virtio-9p.
+		// Ownership passes through; submounts get distinct inode numbers.
+		args = append(args,
+			"-fsdev", "local,id=shared,path="+cfg.SharedDir+",security_model=passthrough,multidevs=remap",
+			"-device", "virtio-9p-device,fsdev=shared,mount_tag="+agentapi.SharedFSTag)
+	}
+	return args
 }
 
 // Start boots a VM; see vm.Hypervisor.

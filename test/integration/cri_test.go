@@ -1,0 +1,535 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
+)
+
+// The CRI suite runs the hyperlet daemon as kubelet would: a real binary on
+// a unix socket, the production initrd (agent and runc, no busybox), images
+// pulled from a real registry (Debian's docker-registry) reached as a
+// mirror of registry.k8s.io.
+
+const testImage = "registry.k8s.io/hyperlet-test/busybox:1"
+
+var (
+	daemonOnce sync.Once
+	daemonBin  string
+	daemonErr  error
+)
+
+func hyperletBinary(t *testing.T) string {
+	t.Helper()
+	daemonOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hyperlet-bin-")
+		if err != nil {
+			daemonErr = err
+			return
+		}
+		daemonBin = filepath.Join(dir, "hyperlet")
+		out, err := exec.Command("go", "build", "-o", daemonBin, "../../cmd/hyperlet").CombinedOutput()
+		if err != nil {
+			daemonErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if daemonErr != nil {
+		t.Fatal(daemonErr)
+	}
+	return daemonBin
+}
+
+func prodInitrd() string {
+	return envOr("HYPERLET_INITRD", filepath.Join(outputDir(), "initrd.img"))
+}
+
+type criDaemon struct {
+	t                        *testing.T
+	dir, socket, root, state string
+	config                   string
+	cmd                      *exec.Cmd
+	log                      *strings.Builder
+	conn                     *grpc.ClientConn
+	rs                       runtimeapi.RuntimeServiceClient
+	is                       runtimeapi.ImageServiceClient
+}
+
+// startCRI starts a registry holding the busybox test image and a hyperlet
+// daemon that mirrors registry.k8s.io to it.
+func startCRI(t *testing.T) *criDaemon {
+	t.Helper()
+	requireVM(t)
+	if _, err := os.Stat(prodInitrd()); err != nil {
+		t.Fatalf("CRI tests need the initrd (make guest): %v", err)
+	}
+	accel := resolveAccel(t)
+	reg := imagetest.StartRegistry(t, "", "")
+	reg.Push(t, "hyperlet-test/busybox:1", imagetest.BusyboxImage(t))
+	dir := runDir(t)
+	d := &criDaemon{t: t, dir: dir, socket: filepath.Join(dir, "cri.sock"),
+		root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state"), config: filepath.Join(dir, "config.toml")}
+	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+		kernel(), prodInitrd(), accel, reg.Host)
+	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	t.Cleanup(func() {
+		d.stop(syscall.SIGKILL)
+		// Whatever a test left, no pod VM may outlive it.
+		killVMsUnder(d.state)
+		if t.Failed() {
+			t.Logf("hyperlet log:\n%s", d.log)
+		}
+	})
+	return d
+}
+
+func (d *criDaemon) start() {
+	t := d.t
+	t.Helper()
+	d.log = &strings.Builder{}
+	d.cmd = exec.Command(hyperletBinary(t), "--config", d.config, "--socket", d.socket,
+		"--root", d.root, "--state", d.state, "-v", "2")
+	d.cmd.Stderr = &lockedWriter{b: d.log}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		// The socket file of a killed daemon may linger: wait for answers.
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hyperlet did not create its socket:\n%s", d.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.conn = conn
+	d.rs = runtimeapi.NewRuntimeServiceClient(conn)
+	d.is = runtimeapi.NewImageServiceClient(conn)
+}
+
+func (d *criDaemon) stop(sig syscall.Signal) {
+	if d.cmd == nil {
+		return
+	}
+	d.conn.Close()
+	d.cmd.Process.Signal(sig)
+	d.cmd.Wait()
+	d.cmd = nil
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	b  *strings.Builder
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// killVMsUnder kills QEMU processes whose command line names dir.
+func killVMsUnder(dir string) {
+	for _, pid := range qemuPIDs(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// qemuPIDs lists QEMU processes whose command line mentions dir.
+func qemuPIDs(dir string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), dir) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func (d *criDaemon) pull(ctx context.Context) string {
+	d.t.Helper()
+	r, err := d.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: testImage}})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return r.ImageRef
+}
+
+func podConfig(name string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "default", Uid: name + "-uid"},
+		Hostname:     name + "-host",
+		LogDirectory: "",
+		DnsConfig:    &runtimeapi.DNSConfig{Servers: []string{"10.96.0.10"}, Searches: []string{"default.svc.cluster.local"}, Options: []string{"ndots:5"}},
+		Labels:       map[string]string{"app": name},
+		Annotations:  map[string]string{"note": "hyperlet test"},
+		// No namespace options: PID mode POD, one PID namespace for the pod.
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{}},
+	}
+}
+
+func (d *criDaemon) runPod(ctx context.Context, cfg *runtimeapi.PodSandboxConfig) string {
+	d.t.Helper()
+	r, err := d.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		d.t.Fatalf("RunPodSandbox: %v", err)
+	}
+	return r.PodSandboxId
+}
+
+func ctrConfig(name string, cmd ...string) *runtimeapi.ContainerConfig {
+	return &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Image:    &runtimeapi.ImageSpec{Image: testImage},
+		Command:  cmd,
+		LogPath:  name + ".log",
+		Labels:   map[string]string{"ctr": name},
+	}
+}
+
+func (d *criDaemon) createStart(ctx context.Context, pod string, podCfg *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig) string {
+	d.t.Helper()
+	r, err := d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
+	if err != nil {
+		d.t.Fatalf("CreateContainer %s: %v", cfg.Metadata.Name, err)
+	}
+	if _, err := d.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: r.ContainerId}); err != nil {
+		d.t.Fatalf("StartContainer %s: %v", cfg.Metadata.Name, err)
+	}
+	return r.ContainerId
+}
+
+func (d *criDaemon) status(ctx context.Context, id string) *runtimeapi.ContainerStatus {
+	d.t.Helper()
+	r, err := d.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	if err != nil {
+		d.t.Fatalf("ContainerStatus: %v", err)
+	}
+	return r.Status
+}
+
+// waitExited polls until the container has exited.
+func (d *criDaemon) waitExited(ctx context.Context, id string) *runtimeapi.ContainerStatus {
+	d.t.Helper()
+	for {
+		st := d.status(ctx, id)
+		if st.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			d.t.Fatalf("container %s did not exit: %+v", id, st)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (d *criDaemon) exec(ctx context.Context, id string, timeout int64, cmd ...string) (*runtimeapi.ExecSyncResponse, error) {
+	return d.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: timeout})
+}
+
+func wantCode(t *testing.T, what string, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Errorf("%s: got %v, want code %v", what, err, code)
+	}
+}
+
+// TestCRIPodLifecycle drives a pod through the CRI: pod VM with hostname and
+// DNS, containers with users from the image, logs in the CRI format, exec
+// with exit codes and timeouts, stats, stop with SIGTERM, OOM, events, and
+// removal that leaves nothing behind.
+func TestCRIPodLifecycle(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 5*time.Minute)
+	imageID := d.pull(ctx)
+
+	events, err := d.rs.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	podCfg := podConfig("lifecycle")
+	podCfg.LogDirectory = filepath.Join(d.dir, "logs")
+	pod := d.runPod(ctx, podCfg)
+	ps, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod, Verbose: true})
+	if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || ps.Status.Metadata.Name != "lifecycle" {
+		t.Fatalf("PodSandboxStatus = %v, %v", ps, err)
+	}
+	list, _ := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{LabelSelector: map[string]string{"app": "lifecycle"}}})
+	if len(list.Items) != 1 || list.Items[0].Id != pod {
+		t.Fatalf("ListPodSandbox by label = %v", list.Items)
+	}
+
+	main := ctrConfig("main", "sh", "-c", "echo hello; echo oops >&2; id; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done")
+	main.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		RunAsUsername:    "app",
+		NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+		Seccomp:          &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault},
+	}}
+	main.Envs = []*runtimeapi.KeyValue{{Key: "FROM_CRI", Value: []byte("yes")}}
+	cid := d.createStart(ctx, pod, podCfg, main)
+	st := d.status(ctx, cid)
+	if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.ImageId != imageID || st.LogPath != filepath.Join(podCfg.LogDirectory, "main.log") {
+		t.Fatalf("ContainerStatus = %+v", st)
+	}
+
+	// Exec: output, exit codes, the pod's identity, environment, timeout.
+	r, err := d.exec(ctx, cid, 0, "sh", "-c", "cat /etc/hostname /etc/resolv.conf; echo $FROM_CRI $IMAGE_ENV; id -u; exit 3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"lifecycle-host", "nameserver 10.96.0.10", "search default.svc.cluster.local", "options ndots:5", "yes from-image", "1000"} {
+		if !strings.Contains(string(r.Stdout), want) {
+			t.Errorf("exec output lacks %q:\n%s", want, r.Stdout)
+		}
+	}
+	if r.ExitCode != 3 {
+		t.Errorf("exec exit code %d, want 3", r.ExitCode)
+	}
+	_, err = d.exec(ctx, cid, 1, "sleep", "30")
+	wantCode(t, "exec past its timeout", err, codes.DeadlineExceeded)
+
+	// Logs land on the host in the CRI format.
+	logFile := filepath.Join(podCfg.LogDirectory, "main.log")
+	var logs string
+	for i := 0; i < 100 && !strings.Contains(logs, "uid=1000"); i++ {
+		b, _ := os.ReadFile(logFile)
+		logs = string(b)
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, want := range []string{" stdout F hello\n", " stderr F oops\n", " stdout F uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)\n"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+
+	stats, err := d.rs.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: cid})
+	if err != nil || stats.Stats.Memory.GetWorkingSetBytes().GetValue() == 0 || stats.Stats.Cpu.GetUsageCoreNanoSeconds().GetValue() == 0 {
+		t.Errorf("ContainerStats = %v, %v", stats, err)
+	}
+	podStats, err := d.rs.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: pod})
+	if err != nil || len(podStats.Stats.Linux.Containers) != 1 {
+		t.Errorf("PodSandboxStats = %v, %v", podStats, err)
+	}
+
+	// OOM: the container dies with 137 / OOMKilled, the pod lives on.
+	oomCfg := ctrConfig("oom", "awk", "BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }")
+	oomCfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 32 << 20}}
+	oom := d.createStart(ctx, pod, podCfg, oomCfg)
+	ost := d.waitExited(ctx, oom)
+	if ost.ExitCode != 137 || ost.Reason != "OOMKilled" {
+		t.Errorf("OOM container: exit %d reason %q", ost.ExitCode, ost.Reason)
+	}
+	if r, err := d.exec(ctx, cid, 0, "echo", "alive"); err != nil || string(r.Stdout) != "alive\n" {
+		t.Errorf("exec after OOM in a sibling: %v %v", r, err)
+	}
+
+	// Stop: SIGTERM is handled by the trap.
+	if _, err := d.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid, Timeout: 30}); err != nil {
+		t.Fatal(err)
+	}
+	st = d.status(ctx, cid)
+	if st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 || st.Reason != "Completed" || st.FinishedAt < st.StartedAt {
+		t.Errorf("stopped container: %+v", st)
+	}
+	if b, _ := os.ReadFile(logFile); !strings.Contains(string(b), " stdout F bye\n") {
+		t.Errorf("log lacks the trap's output:\n%s", b)
+	}
+	// Stop and remove are idempotent.
+	if _, err := d.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cid}); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+
+	// Events for main: created, started, stopped.
+	seen := map[runtimeapi.ContainerEventType]bool{}
+	for len(seen) < 3 {
+		ev, err := events.Recv()
+		if err != nil {
+			t.Fatalf("events: %v", err)
+		}
+		if ev.ContainerId == cid {
+			seen[ev.ContainerEventType] = true
+		}
+	}
+
+	vmPIDs := qemuPIDs(d.state)
+	if len(vmPIDs) != 1 {
+		t.Fatalf("want one QEMU for the pod, found %v", vmPIDs)
+	}
+	if _, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{cid, oom} {
+		_, err := d.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		wantCode(t, "status of a removed container", err, codes.NotFound)
+	}
+	if left := qemuPIDs(d.state); len(left) != 0 {
+		t.Errorf("QEMU left after RemovePodSandbox: %v", left)
+	}
+	for _, dir := range []string{filepath.Join(d.state, "vms"), filepath.Join(d.root, "pods")} {
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%s not empty after RemovePodSandbox: %v", dir, ents)
+		}
+	}
+	for _, call := range []func() error{
+		func() error {
+			_, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod})
+			return err
+		},
+		func() error {
+			_, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod})
+			return err
+		},
+		func() error {
+			_, err := d.rs.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: cid})
+			return err
+		},
+	} {
+		if err := call(); err != nil {
+			t.Errorf("idempotent stop/remove of a removed object: %v", err)
+		}
+	}
+}
+
+// TestCRIBadInput: clear gRPC codes, and the daemon keeps serving.
+func TestCRIBadInput(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 3*time.Minute)
+	d.pull(ctx)
+
+	hostNet := podConfig("hostnet")
+	hostNet.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}
+	_, err := d.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: hostNet})
+	wantCode(t, "host network pod", err, codes.FailedPrecondition)
+	_, err = d.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: &runtimeapi.PodSandboxConfig{}})
+	wantCode(t, "pod without metadata", err, codes.InvalidArgument)
+
+	podCfg := podConfig("bad")
+	pod := d.runPod(ctx, podCfg)
+	_, err = d.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	wantCode(t, "pod with a taken name", err, codes.AlreadyExists)
+
+	missing := ctrConfig("missing-image", "true")
+	missing.Image.Image = "registry.k8s.io/hyperlet-test/absent:1"
+	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: missing, SandboxConfig: podCfg})
+	wantCode(t, "container of an image not pulled", err, codes.NotFound)
+	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: "nope", Config: ctrConfig("x", "true"), SandboxConfig: podCfg})
+	wantCode(t, "container in a missing pod", err, codes.NotFound)
+	badCap := ctrConfig("badcap", "true")
+	badCap.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		Capabilities: &runtimeapi.Capability{AddCapabilities: []string{"CAP_NOT_A_THING"}}}}
+	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: badCap, SandboxConfig: podCfg})
+	wantCode(t, "unknown capability", err, codes.InvalidArgument)
+
+	// A command that does not exist fails StartContainer, clearly.
+	noCmd := ctrConfig("nocmd", "/no/such/binary")
+	r, err := d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: noCmd, SandboxConfig: podCfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: r.ContainerId})
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("start of a missing binary: %v", err)
+	}
+	if st := d.status(ctx, r.ContainerId); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.Reason != "StartError" {
+		t.Errorf("failed start left %+v", st)
+	}
+	_, err = d.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: r.ContainerId})
+	wantCode(t, "start of an exited container", err, codes.FailedPrecondition)
+	_, err = d.exec(ctx, r.ContainerId, 0, "true")
+	wantCode(t, "exec in an exited container", err, codes.FailedPrecondition)
+	_, err = d.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "nope"})
+	wantCode(t, "status of a missing container", err, codes.NotFound)
+	_, err = d.rs.CheckpointContainer(ctx, &runtimeapi.CheckpointContainerRequest{ContainerId: r.ContainerId})
+	wantCode(t, "checkpoint", err, codes.Unimplemented)
+
+	// Still serving: a container runs fine afterwards.
+	ok := d.createStart(ctx, pod, podCfg, ctrConfig("ok", "sh", "-c", "exit 4"))
+	if st := d.waitExited(ctx, ok); st.ExitCode != 4 || st.Reason != "Error" {
+		t.Errorf("container after bad input: %+v", st)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCRIDaemonRestart kills the daemon with SIGKILL while pods run and
+// starts it again: pods and containers are listed with their state, an exit
+// that happened meanwhile is reported, exec and logs still work.
+func TestCRIDaemonRestart(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 4*time.Minute)
+	d.pull(ctx)
+	podCfg := podConfig("restart")
+	podCfg.LogDirectory = filepath.Join(d.dir, "logs")
+	pod := d.runPod(ctx, podCfg)
+	long := d.createStart(ctx, pod, podCfg, ctrConfig("long", "sh", "-c", "echo first; read x; echo second $x; sleep 1000"))
+	short := d.createStart(ctx, pod, podCfg, ctrConfig("short", "sh", "-c", "echo going; sleep 3; echo gone; exit 4"))
+
+	d.stop(syscall.SIGKILL)
+	time.Sleep(4 * time.Second) // short exits while nobody watches
+	d.start()
+
+	list, err := d.rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{PodSandboxId: pod}})
+	if err != nil || len(list.Containers) != 2 {
+		t.Fatalf("ListContainers after restart = %v, %v", list, err)
+	}
+	ps, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("pod after restart: %v, %v", ps, err)
+	}
+	st := d.waitExited(ctx, short)
+	if st.ExitCode != 4 {
+		t.Errorf("exit during downtime: %+v", st)
+	}
+	if st := d.status(ctx, long); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("long-running container after restart: %+v", st)
+	}
+	if r, err := d.exec(ctx, long, 0, "echo", "still here"); err != nil || string(r.Stdout) != "still here\n" {
+		t.Errorf("exec after restart: %v %v", r, err)
+	}
+	b, _ := os.ReadFile(filepath.Join(podCfg.LogDirectory, "short.log"))
+	if !strings.Contains(string(b), " stdout F going\n") || !strings.Contains(string(b), " stdout F gone\n") {
+		t.Errorf("log of the container that exited during downtime:\n%s", b)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if left := qemuPIDs(d.state); len(left) != 0 {
+		t.Errorf("QEMU left after RemovePodSandbox: %v", left)
+	}
+}
