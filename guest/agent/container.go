@@ -35,9 +35,9 @@ const (
 
 // containers tracks the images and containers of this VM's pod.
 type containers struct {
-	mu      sync.Mutex
-	images  map[string]string // image ID -> mount point
-	created map[string]bool
+	mu       sync.Mutex
+	images   map[string]string // image ID -> mount point
+	created  map[string]bool
 	pausePID int  // holder of the pod PID namespace, 0 without one
 	sharedFS bool // the host's shared directory is mounted
 }

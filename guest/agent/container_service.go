@@ -108,5 +108,3 @@ func (s *service) RemoveContainer(ctx context.Context, req *agentapi.RemoveConta
 func (s *service) ContainerStats(ctx context.Context, req *agentapi.ContainerStatsRequest) (*agentapi.ContainerStatsResponse, error) {
 	return containerStats(req.Id)
 }
-
-
