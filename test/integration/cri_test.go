@@ -533,3 +533,58 @@ func TestCRIDaemonRestart(t *testing.T) {
 		t.Errorf("QEMU left after RemovePodSandbox: %v", left)
 	}
 }
+
+// TestCRIVolumes: host directories and files reach containers through the
+// pod's shared directory, read-write and read-only, and nothing stays
+// mounted once the pod is removed; the host files stay.
+func TestCRIVolumes(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 3*time.Minute)
+	d.pull(ctx)
+	host := t.TempDir()
+	rw, ro := filepath.Join(host, "rw"), filepath.Join(host, "ro")
+	os.Mkdir(rw, 0o755)
+	os.Mkdir(ro, 0o755)
+	os.WriteFile(filepath.Join(ro, "data"), []byte("read-only data\n"), 0o644)
+	hostsFile := filepath.Join(host, "etc-hosts")
+	os.WriteFile(hostsFile, []byte("10.1.2.3 kubelet-managed\n"), 0o644)
+
+	podCfg := podConfig("volumes")
+	pod := d.runPod(ctx, podCfg)
+	cfg := ctrConfig("vol", "sh", "-c", "sleep 1000")
+	cfg.Mounts = []*runtimeapi.Mount{
+		{ContainerPath: "/data/rw", HostPath: rw},
+		{ContainerPath: "/data/ro", HostPath: ro, Readonly: true, SelinuxRelabel: true},
+		{ContainerPath: "/etc/hosts", HostPath: hostsFile},
+		{ContainerPath: "/data/new", HostPath: filepath.Join(host, "created", "by", "runtime")},
+	}
+	cid := d.createStart(ctx, pod, podCfg, cfg)
+
+	r, err := d.exec(ctx, cid, 0, "sh", "-c", "echo written > /data/rw/out && cat /data/ro/data /etc/hosts && ls -d /data/new")
+	if err != nil || r.ExitCode != 0 {
+		t.Fatalf("exec: %v %v stderr %s", r, err, r.GetStderr())
+	}
+	if !strings.Contains(string(r.Stdout), "read-only data") || !strings.Contains(string(r.Stdout), "kubelet-managed") {
+		t.Errorf("volume contents in the container:\n%s", r.Stdout)
+	}
+	if b, _ := os.ReadFile(filepath.Join(rw, "out")); string(b) != "written\n" {
+		t.Errorf("host sees %q in the read-write volume", b)
+	}
+	r, err = d.exec(ctx, cid, 0, "sh", "-c", "echo x > /data/ro/data")
+	if err != nil || r.ExitCode == 0 {
+		t.Errorf("write to a read-only volume succeeded: %v %v", r, err)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), d.state) {
+		t.Errorf("mounts left under %s:\n%s", d.state, mi)
+	}
+	if b, _ := os.ReadFile(filepath.Join(ro, "data")); string(b) != "read-only data\n" {
+		t.Errorf("host file changed or lost: %q", b)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(d.state, "shared")); len(ents) != 0 {
+		t.Errorf("shared directories left: %v", ents)
+	}
+}
