@@ -382,18 +382,22 @@ func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
 		return status.Errorf(codes.Internal, "open image: %v", err)
 	}
 	defer root.Close()
-	var passwd, group io.Reader
-	if f, err := root.Open("etc/passwd"); err == nil {
-		defer f.Close()
-		passwd = io.LimitReader(f, 4<<20)
+	var u *user.ExecUser
+	var uerr error
+	reread(root, func(passwd, group io.Reader) {
+		u, uerr = user.GetExecUser(userSpec, &user.ExecUser{Home: "/"}, passwd, group)
+	})
+	if uerr != nil {
+		return status.Errorf(codes.InvalidArgument, "user %q: %v", userSpec, uerr)
 	}
-	if f, err := root.Open("etc/group"); err == nil {
-		defer f.Close()
-		group = io.LimitReader(f, 4<<20)
-	}
-	u, err := user.GetExecUser(userSpec, &user.ExecUser{Home: "/"}, passwd, group)
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "user %q: %v", userSpec, err)
+	// An explicit group does not drop the user's groups from /etc/group
+	// (Kubernetes' default Merge policy): look them up by user alone.
+	if name, _, ok := strings.Cut(userSpec, ":"); ok {
+		reread(root, func(passwd, group io.Reader) {
+			if alone, err := user.GetExecUser(name, &user.ExecUser{}, passwd, group); err == nil {
+				u.Sgids = append(u.Sgids, alone.Sgids...)
+			}
+		})
 	}
 	add := spec.Process.User.AdditionalGids
 	spec.Process.User = specs.User{UID: uint32(u.Uid), GID: uint32(u.Gid)}
@@ -409,6 +413,20 @@ func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
 		spec.Process.Env = append(spec.Process.Env, "HOME="+u.Home)
 	}
 	return nil
+}
+
+// reread opens the image's passwd and group files for fn.
+func reread(root *os.Root, fn func(passwd, group io.Reader)) {
+	var passwd, group io.Reader
+	if f, err := root.Open("etc/passwd"); err == nil {
+		defer f.Close()
+		passwd = io.LimitReader(f, 4<<20)
+	}
+	if f, err := root.Open("etc/group"); err == nil {
+		defer f.Close()
+		group = io.LimitReader(f, 4<<20)
+	}
+	fn(passwd, group)
 }
 
 func intsToU32(in []int) []uint32 {

@@ -588,3 +588,81 @@ func TestCRIVolumes(t *testing.T) {
 		t.Errorf("shared directories left: %v", ents)
 	}
 }
+
+// TestCRISecurityAndResources: a shared PID namespace, read-only rootfs,
+// dropped capabilities, supplemental groups, privileged containers, live
+// resource updates and log reopening.
+func TestCRISecurityAndResources(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 4*time.Minute)
+	d.pull(ctx)
+	podCfg := podConfig("security")
+	podCfg.LogDirectory = filepath.Join(d.dir, "logs")
+	podCfg.Linux.SecurityContext.Privileged = true
+	pod := d.runPod(ctx, podCfg)
+
+	sleeper := d.createStart(ctx, pod, podCfg, ctrConfig("sleeper", "sleep", "1000"))
+	locked := ctrConfig("locked", "sh", "-c", "while :; do echo tick; sleep 0.2; done")
+	locked.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		ReadonlyRootfs:     true,
+		RunAsUser:          &runtimeapi.Int64Value{Value: 1000},
+		RunAsGroup:         &runtimeapi.Int64Value{Value: 3000},
+		SupplementalGroups: []int64{4000},
+		Capabilities:       &runtimeapi.Capability{DropCapabilities: []string{"ALL"}},
+		NoNewPrivs:         true,
+	}}
+	lid := d.createStart(ctx, pod, podCfg, locked)
+
+	r, err := d.exec(ctx, lid, 0, "sh", "-c", "ps -o comm; id; touch /x 2>&1; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(r.Stdout)
+	for _, want := range []string{"sleep", "uid=1000(app) gid=3000 groups=2000(extra),3000,4000", "Read-only file system", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("locked container lacks %q:\n%s", want, out)
+		}
+	}
+
+	priv := ctrConfig("priv", "sleep", "1000")
+	priv.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}}
+	pid := d.createStart(ctx, pod, podCfg, priv)
+	if r, err := d.exec(ctx, pid, 0, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted"); err != nil || string(r.Stdout) != "mounted\n" {
+		t.Errorf("privileged mount: %v %v stderr %s", r, err, r.GetStderr())
+	}
+	if r, _ := d.exec(ctx, sleeper, 0, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m"); r == nil || r.ExitCode == 0 {
+		t.Errorf("unprivileged mount succeeded: %v", r)
+	}
+
+	// Resources change live: the container's cgroup shows the new limit.
+	if _, err := d.rs.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: sleeper,
+		Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 96 << 20, CpuQuota: 20000, CpuPeriod: 100000}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := d.exec(ctx, sleeper, 0, "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"); err != nil || string(r.Stdout) != "100663296\n20000 100000\n" {
+		t.Errorf("limits after update: %q %v", r.GetStdout(), err)
+	}
+	if st := d.status(ctx, sleeper); st.Resources.GetLinux().GetMemoryLimitInBytes() != 96<<20 {
+		t.Errorf("status resources after update: %v", st.Resources)
+	}
+
+	// Log rotation: rename, reopen, new lines go to the new file.
+	logFile := filepath.Join(podCfg.LogDirectory, "locked.log")
+	if err := os.Rename(logFile, logFile+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.rs.ReopenContainerLog(ctx, &runtimeapi.ReopenContainerLogRequest{ContainerId: lid}); err != nil {
+		t.Fatal(err)
+	}
+	var b []byte
+	for i := 0; i < 50 && !strings.Contains(string(b), " stdout F tick\n"); i++ {
+		time.Sleep(100 * time.Millisecond)
+		b, _ = os.ReadFile(logFile)
+	}
+	if !strings.Contains(string(b), " stdout F tick\n") {
+		t.Errorf("no output in the reopened log: %q", b)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+}
