@@ -8,10 +8,13 @@ pkgs=(
 	linux-source-6.1     # guest kernel source
 	gcc make flex bison bc libelf-dev libc6-dev xz-utils  # kernel build
 	runc                 # container runtime inside the pod VM (copied into the initrd)
+	erofs-utils          # mkfs.erofs: read-only image disks
 	busybox-static       # userland of the test/demo initrd
 	cpio                 # checks the initrd format in tests
 	protobuf-compiler    # make generate
 	docker-registry      # a real registry for the image pull tests
+	containernetworking-plugins  # CNI plugins for pod networks (bridge, host-local, portmap...)
+	iptables             # used by the portmap plugin for hostPorts
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
+	"github.com/hyperlet/hyperlet/pkg/cni"
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/cri"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
@@ -140,10 +141,12 @@ func serve(o options) error {
 		return accel, accelErr
 	}
 
+	network := cni.New(cni.Config{ConfDir: e.cfg.CNI.ConfDir, BinDirs: e.cfg.CNI.BinDirs, CacheDir: filepath.Join(o.root, "cni-cache")})
 	// Pods left by a previous daemon are taken over before serving.
 	pods, err := sandbox.New(ctx, sandbox.Config{
 		Root:       o.root,
 		SharedRoot: filepath.Join(o.state, "shared"),
+		Network:    network,
 		VM:         e.vmConfig,
 		Accel: func(ctx context.Context) (vm.Accel, error) {
 			select {
@@ -160,7 +163,7 @@ func serve(o options) error {
 	}
 	defer pods.Close()
 
-	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel))
+	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
 	svc.Register(g)
 

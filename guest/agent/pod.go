@@ -27,6 +27,9 @@ func (c *containers) setupPod(req *agentapi.SetupPodRequest) error {
 			return status.Errorf(codes.Internal, "mount pod shm: %v", err)
 		}
 	}
+	if err := setupNetwork(req.Interfaces, req.Routes); err != nil {
+		return err
+	}
 	if req.Hostname != "" {
 		if err := unix.Sethostname([]byte(req.Hostname)); err != nil {
 			return status.Errorf(codes.InvalidArgument, "set hostname %q: %v", req.Hostname, err)

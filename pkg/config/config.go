@@ -26,7 +26,17 @@ const (
 // Config is the whole file.
 type Config struct {
 	VM       VM       `toml:"vm"`
+	CNI      CNI      `toml:"cni"`
 	Registry Registry `toml:"registry"`
+}
+
+// CNI locates the pod network configuration and plugins.
+type CNI struct {
+	// ConfDir holds the network configuration; the first file by name
+	// (.conflist, .conf or .json) is used.
+	ConfDir string `toml:"conf_dir"`
+	// BinDirs are searched for plugins.
+	BinDirs []string `toml:"bin_dirs"`
 }
 
 // Registry configures image pulls, with the syntax of containerd's CRI
@@ -90,7 +100,10 @@ type VM struct {
 
 // Default returns the configuration used where the file is silent.
 func Default() Config {
-	return Config{VM: VM{
+	return Config{CNI: CNI{
+		ConfDir: "/etc/cni/net.d",
+		BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
+	}, VM: VM{
 		QEMU:        "qemu-system-x86_64",
 		Kernel:      filepath.Join(DefaultShareDir, "vmlinux"),
 		Initrd:      filepath.Join(DefaultShareDir, "initrd.img"),

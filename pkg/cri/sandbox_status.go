@@ -32,10 +32,22 @@ func podStatus(p *sandbox.Pod) *runtimeapi.PodSandboxStatus {
 		Metadata:       cfg.GetMetadata(),
 		State:          state,
 		CreatedAt:      created,
-		Network:        &runtimeapi.PodSandboxNetworkStatus{},
+		Network:        networkStatus(p.IPs()),
 		Linux:          &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: ns}},
 		Labels:         cfg.GetLabels(),
 		Annotations:    cfg.GetAnnotations(),
 		RuntimeHandler: handler,
 	}
+}
+
+func networkStatus(ips []string) *runtimeapi.PodSandboxNetworkStatus {
+	n := &runtimeapi.PodSandboxNetworkStatus{}
+	for i, ip := range ips {
+		if i == 0 {
+			n.Ip = ip
+		} else {
+			n.AdditionalIps = append(n.AdditionalIps, &runtimeapi.PodIP{Ip: ip})
+		}
+	}
+	return n
 }

@@ -27,6 +27,7 @@ type Service struct {
 	accel   func() (vm.Accel, error)
 	images  ImageStore
 	runtime Runtime
+	network func() error
 }
 
 // ImageStore is what the CRI ImageService needs (pkg/imageservice).
@@ -56,6 +57,9 @@ func WithVersion(v string) Option { return func(s *Service) { s.version = v } }
 
 // WithAccel reports the VM accelerator in use, or why none is usable.
 func WithAccel(f func() (vm.Accel, error)) Option { return func(s *Service) { s.accel = f } }
+
+// WithNetwork reports whether the pod network is ready, or why not.
+func WithNetwork(ready func() error) Option { return func(s *Service) { s.network = ready } }
 
 // New returns a Service.
 func New(opts ...Option) *Service {

@@ -7,7 +7,8 @@ import (
 )
 
 // Status reports RuntimeReady once an accelerator is chosen and usable.
-// NetworkReady is false until hyperlet has a CNI integration.
+// NetworkReady is true once a CNI network is configured and its plugins
+// are installed.
 func (s *Service) Status(ctx context.Context, _ *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
 	runtime := &runtimeapi.RuntimeCondition{Type: runtimeapi.RuntimeReady, Status: true}
 	if s.accel == nil {
@@ -17,9 +18,11 @@ func (s *Service) Status(ctx context.Context, _ *runtimeapi.StatusRequest) (*run
 	} else {
 		runtime.Message = "pod VMs run under " + string(a)
 	}
-	network := &runtimeapi.RuntimeCondition{
-		Type: runtimeapi.NetworkReady, Status: false,
-		Reason: "NetworkPluginNotReady", Message: "pod networking (CNI) is not implemented yet",
+	network := &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	if s.network == nil {
+		network.Status, network.Reason, network.Message = false, "NetworkPluginNotReady", "no pod network configured"
+	} else if err := s.network(); err != nil {
+		network.Status, network.Reason, network.Message = false, "NetworkPluginNotReady", err.Error()
 	}
 	return &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},

@@ -44,6 +44,9 @@ type Config struct {
 	VM func(id string) vm.Config
 	// Accel returns the resolved accelerator.
 	Accel func(ctx context.Context) (vm.Accel, error)
+	// Network attaches pods to the pod network; RunPodSandbox fails
+	// without one, as kubelet expects of a runtime whose network is not ready.
+	Network Network
 	// SharedRoot holds each pod's shared directory (volumes, over 9p).
 	SharedRoot string
 	// MaxVCPUs and MaxMemoryMiB bound a pod VM's size.

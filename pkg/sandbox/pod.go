@@ -30,6 +30,7 @@ type podRecord struct {
 	// Images are the image disks attached to the VM, by image ID.
 	Images   map[string]vm.DiskAddr `json:"images,omitempty"`
 	NextDisk int                    `json:"nextDisk"`
+	Network  *podNetwork            `json:"network,omitempty"`
 }
 
 // Pod is one pod and its VM.
@@ -177,7 +178,18 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			removeShared(vc.SharedDir)
 		}
 	}()
+	nic, netRes, err := m.attachNetwork(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			m.detachNetwork(context.Background(), p)
+		}
+	}()
+	vc.Net = nic
 	v, client, err := BootVM(ctx, m.hv, vc)
+	nic.Tap.Close() // QEMU holds its own copy
 	if err != nil {
 		return nil, fmt.Errorf("boot pod VM: %w", err)
 	}
@@ -188,7 +200,9 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			v.Wait(context.Background())
 		}
 	}()
-	if err := client.SetupPod(ctx, podSetup(cfg)); err != nil {
+	setup := podSetup(cfg, p.rec.Network.IPs)
+	setup.Interfaces, setup.Routes = guestNetwork(nic, netRes)
+	if err := client.SetupPod(ctx, setup); err != nil {
 		return nil, fmt.Errorf("set up pod in VM: %w", err)
 	}
 	p.vm, p.agent = v, client
@@ -217,7 +231,7 @@ func (p *Pod) watchVM(v vm.VM) {
 	p.persist()
 }
 
-func podSetup(cfg *runtime.PodSandboxConfig) *agent.PodSetup {
+func podSetup(cfg *runtime.PodSandboxConfig, ips []string) *agent.PodSetup {
 	host := cfg.GetHostname()
 	if host == "" {
 		host = cfg.GetMetadata().GetName()
@@ -227,7 +241,11 @@ func podSetup(cfg *runtime.PodSandboxConfig) *agent.PodSetup {
 	}
 	var hosts strings.Builder
 	hosts.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-	fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", host)
+	if len(ips) > 0 {
+		fmt.Fprintf(&hosts, "%s\t%s\n", ips[0], host)
+	} else {
+		fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", host)
+	}
 	return &agent.PodSetup{
 		Hostname:   host,
 		Hosts:      []byte(hosts.String()),
@@ -270,6 +288,9 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stopVMLocked(ctx)
+	if err := m.detachNetwork(ctx, p); err != nil {
+		return fmt.Errorf("tear down pod network: %w", err)
+	}
 	if p.rec.State != runtime.PodSandboxState_SANDBOX_NOTREADY {
 		p.rec.State = runtime.PodSandboxState_SANDBOX_NOTREADY
 		if err := p.persist(); err != nil {

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -68,7 +69,10 @@ func TestPodSetup(t *testing.T) {
 		Metadata:  &runtime.PodSandboxMetadata{Name: "web"},
 		DnsConfig: &runtime.DNSConfig{Servers: []string{"1.1.1.1", "8.8.8.8"}, Searches: []string{"a.svc", "svc"}, Options: []string{"ndots:5"}},
 		Linux:     &runtime.LinuxPodSandboxConfig{Sysctls: map[string]string{"net.ipv4.ip_unprivileged_port_start": "0"}},
-	})
+	}, []string{"10.88.0.5"})
+	if !strings.Contains(string(s.Hosts), "10.88.0.5\tweb\n") {
+		t.Errorf("hosts %q", s.Hosts)
+	}
 	if s.Hostname != "web" || !s.SharePid || !s.SharedFs || s.Sysctls["net.ipv4.ip_unprivileged_port_start"] != "0" {
 		t.Errorf("setup %+v", s)
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 )
 
 // Accel selects CPU virtualisation.
@@ -51,6 +52,9 @@ type Config struct {
 	// SharedDir, if set, is a host directory the guest mounts over
 	// virtio-9p (the pod's volumes).
 	SharedDir string
+
+	// Net, if set, gives the VM a NIC on a tap device.
+	Net *NetDevice
 	// Accel must be AccelKVM or AccelTCG; resolve AccelAuto with a probe first.
 	Accel Accel
 }
@@ -75,6 +79,12 @@ func (c *Config) Validate() error {
 }
 
 // Disk is a host file attached to a running VM.
+// NetDevice is a NIC backed by an open tap queue.
+type NetDevice struct {
+	Tap *os.File `json:"-"` // only needed to start the VM
+	MAC string
+}
+
 type Disk struct {
 	ID       string
 	Path     string

@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,8 +86,9 @@ func startCRI(t *testing.T) *criDaemon {
 	dir := runDir(t)
 	d := &criDaemon{t: t, dir: dir, socket: filepath.Join(dir, "cri.sock"),
 		root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state"), config: filepath.Join(dir, "config.toml")}
-	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
-		kernel(), prodInitrd(), accel, reg.Host)
+	cniDir := writeCNIConfig(t, dir)
+	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+		kernel(), prodInitrd(), accel, cniDir, reg.Host)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +102,32 @@ func startCRI(t *testing.T) *criDaemon {
 		}
 	})
 	return d
+}
+
+// testSubnet is the pod network of the CRI tests: a bridge with
+// host-local addresses and portmap for hostPorts (Debian's plugins).
+const testSubnet = "10.77.0.0/24"
+
+func writeCNIConfig(t *testing.T, dir string) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		t.Fatalf("CRI tests need Debian's containernetworking-plugins: %v", err)
+	}
+	confDir := filepath.Join(dir, "cni")
+	os.MkdirAll(confDir, 0o755)
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "hyperlet-test",
+  "plugins": [
+    {"type": "bridge", "bridge": "hlt0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}`, filepath.Join(dir, "ipam"), testSubnet)
+	if err := os.WriteFile(filepath.Join(confDir, "10-hyperlet-test.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return confDir
 }
 
 func (d *criDaemon) start() {
@@ -664,5 +693,86 @@ func TestCRISecurityAndResources(t *testing.T) {
 	}
 	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCRINetworking: pods get addresses from real CNI plugins, serve HTTP on
+// their IP and, through portmap, on a hostPort; pods reach each other; and
+// teardown leaves no namespace, veth or iptables rule behind.
+func TestCRINetworking(t *testing.T) {
+	d := startCRI(t)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", "hlt0").Run() })
+	ctx := testCtx(t, 4*time.Minute)
+	d.pull(ctx)
+
+	st, err := d.rs.Status(ctx, &runtimeapi.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range st.Status.Conditions {
+		if !c.Status {
+			t.Errorf("condition %s not ready: %s", c.Type, c.Message)
+		}
+	}
+
+	webCfg := podConfig("web")
+	webCfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: 18080}}
+	web := d.runPod(ctx, webCfg)
+	d.createStart(ctx, web, webCfg, ctrConfig("httpd", "sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"))
+	ps, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: web})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := ps.Status.Network.GetIp()
+	_, subnet, _ := net.ParseCIDR(testSubnet)
+	if !subnet.Contains(net.ParseIP(ip)) {
+		t.Fatalf("pod IP %q not in %s", ip, testSubnet)
+	}
+
+	get := func(url string) string {
+		c := &http.Client{Timeout: 2 * time.Second}
+		var last error
+		for i := 0; i < 60; i++ {
+			resp, err := c.Get(url)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				return string(b)
+			}
+			last = err
+			time.Sleep(250 * time.Millisecond)
+		}
+		t.Errorf("GET %s: %v", url, last)
+		return ""
+	}
+	if got := get("http://" + ip + "/index.html"); got != "web-host\n" {
+		t.Errorf("pod IP answered %q", got)
+	}
+	// The bridge's address is a host address: portmap DNATs it.
+	if got := get("http://10.77.0.1:18080/index.html"); got != "web-host\n" {
+		t.Errorf("hostPort answered %q", got)
+	}
+
+	clientCfg := podConfig("client")
+	client := d.runPod(ctx, clientCfg)
+	cc := d.createStart(ctx, client, clientCfg, ctrConfig("c", "sleep", "1000"))
+	r, err := d.exec(ctx, cc, 30, "wget", "-qO-", "http://"+ip+"/index.html")
+	if err != nil || string(r.Stdout) != "web-host\n" {
+		t.Errorf("pod to pod: %v %v stderr %s", r.GetStdout(), err, r.GetStderr())
+	}
+
+	for _, p := range []string{web, client} {
+		if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat("/var/run/netns/hyperlet-" + p[:16]); !os.IsNotExist(err) {
+			t.Errorf("netns of %s left: %v", p, err)
+		}
+	}
+	if out, _ := exec.Command("ip", "-o", "link", "show", "master", "hlt0").Output(); len(out) > 0 {
+		t.Errorf("veths left on the bridge:\n%s", out)
+	}
+	if out, _ := exec.Command("iptables-save").Output(); strings.Contains(string(out), ip) || strings.Contains(string(out), "18080") {
+		t.Errorf("iptables rules left for %s:\n%s", ip, out)
 	}
 }

@@ -97,6 +97,12 @@ func (d *Driver) args(cfg vm.Config) []string {
 		"-device", "virtio-rng-device",
 		"-pidfile", filepath.Join(dir, pidFile),
 	}
+	if cfg.Net != nil {
+		// The tap queue is the child's fd 3 (the first of ExtraFiles).
+		args = append(args,
+			"-netdev", "tap,id=net0,fd=3",
+			"-device", "virtio-net-device,netdev=net0,mac="+cfg.Net.MAC)
+	}
 	if cfg.SharedDir != "" {
 		// Files the host shares with the pod (volumes), over virtio-9p.
 		// Ownership passes through; submounts get distinct inode numbers.
@@ -138,6 +144,12 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	}
 	cmd := exec.Command(bin, d.args(cfg)...)
 	cmd.Stdout, cmd.Stderr = errOut, errOut
+	if cfg.Net != nil {
+		if cfg.Net.Tap == nil {
+			return nil, errors.New("vm config: network without a tap")
+		}
+		cmd.ExtraFiles = []*os.File{cfg.Net.Tap}
+	}
 	// Its own session: a VM outlives the daemon that started it, and signals
 	// sent to the daemon's process group do not reach it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
