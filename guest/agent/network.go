@@ -75,4 +75,3 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 	}
 	return nil
 }
-
