@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
+
+	"k8s.io/cri-streaming/pkg/streaming"
 
 	"github.com/hyperlet/hyperlet/pkg/cni"
 	"github.com/hyperlet/hyperlet/pkg/config"
@@ -163,7 +166,20 @@ func serve(o options) error {
 	}
 	defer pods.Close()
 
-	svc := cri.New(cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready))
+	streamCfg := streaming.DefaultConfig
+	streamCfg.Addr = e.cfg.StreamAddress
+	streamer, err := streaming.NewServer(streamCfg, pods)
+	if err != nil {
+		return fmt.Errorf("streaming server: %w", err)
+	}
+	go func() {
+		if err := streamer.Start(true); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.ErrorS(err, "streaming server stopped")
+		}
+	}()
+	defer streamer.Stop()
+
+	svc := cri.New(cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
 	svc.Register(g)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,12 +48,13 @@ type process struct {
 	tty *os.File // pty master, nil without a tty
 
 	stdinMu  sync.Mutex
-	stdin    *os.File // nil without stdin or once closed
+	stdin    io.WriteCloser // nil without stdin or once closed
 	stdinOff uint64
 
 	out [2]*outBuf // indexed by agentapi.Stream
 
 	hooks *procHooks // nil for plain processes
+	conn  net.Conn   // set for port connections (no OS process)
 
 	exited chan struct{}
 	status exitStatus // valid once exited is closed
@@ -241,7 +243,7 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 	return p, nil
 }
 
-func closeReaders(readers [2]io.Reader, stdin *os.File) {
+func closeReaders(readers [2]io.Reader, stdin io.WriteCloser) {
 	for _, r := range readers {
 		if c, ok := r.(io.Closer); ok {
 			c.Close()
@@ -308,6 +310,9 @@ func (p *process) signal(sig unix.Signal) error {
 			return nil
 		}
 	}
+	if p.conn != nil {
+		return p.conn.Close()
+	}
 	if err := p.os.Signal(sig); err != nil && err != os.ErrProcessDone {
 		return err
 	}
@@ -316,7 +321,7 @@ func (p *process) signal(sig unix.Signal) error {
 
 func (p *process) release() {
 	p.stdinMu.Lock()
-	if p.stdin != nil && p.stdin != p.tty {
+	if p.stdin != nil && (p.tty == nil || p.stdin != io.WriteCloser(p.tty)) {
 		p.stdin.Close()
 	}
 	p.stdin = nil

@@ -83,16 +83,9 @@ func (p *Process) CopyStdin(ctx context.Context, r io.Reader) error {
 	var off uint64
 	for {
 		n, rerr := r.Read(buf)
-		chunkStart := off
-		for off < chunkStart+uint64(n) {
-			o := off
-			resp, err := call(ctx, p.c, "write stdin", func(svc agentapi.AgentService) (*agentapi.WriteStdinResponse, error) {
-				return svc.WriteStdin(ctx, &agentapi.WriteStdinRequest{Id: p.ID, Offset: o, Data: buf[o-chunkStart : n]})
-			})
-			if err != nil {
-				return err
-			}
-			off = resp.Offset
+		var err error
+		if off, err = p.WriteStdin(ctx, off, buf[:n]); err != nil {
+			return err
 		}
 		if errors.Is(rerr, io.EOF) {
 			return p.CloseStdin(ctx)
@@ -101,6 +94,35 @@ func (p *Process) CopyStdin(ctx context.Context, r io.Reader) error {
 			return fmt.Errorf("read stdin for %s: %w", p.ID, rerr)
 		}
 	}
+}
+
+// WriteStdin writes data as the stdin bytes from stream offset off on and
+// returns the offset after them. Retries after a reconnect never duplicate
+// input: the agent skips bytes it already has.
+func (p *Process) WriteStdin(ctx context.Context, off uint64, data []byte) (uint64, error) {
+	start := off
+	for off < start+uint64(len(data)) {
+		o := off
+		resp, err := call(ctx, p.c, "write stdin", func(svc agentapi.AgentService) (*agentapi.WriteStdinResponse, error) {
+			return svc.WriteStdin(ctx, &agentapi.WriteStdinRequest{Id: p.ID, Offset: o, Data: data[o-start:]})
+		})
+		if err != nil {
+			return off, err
+		}
+		off = resp.Offset
+	}
+	return off, nil
+}
+
+// OpenPort connects to port on the pod's localhost inside the VM. The
+// returned Process carries the connection: WriteStdin/CopyStdin send,
+// CopyOutput(STDOUT) receives, CloseStdin half-closes.
+func (c *Client) OpenPort(ctx context.Context, id string, port uint32) (*Process, error) {
+	svc, _ := c.service()
+	if _, err := svc.OpenPort(ctx, &agentapi.OpenPortRequest{Id: id, Port: port}); err != nil {
+		return nil, wrap("open port", err)
+	}
+	return &Process{c: c, ID: id}, nil
 }
 
 // CloseStdin closes the process's stdin (sends ^D on a tty).

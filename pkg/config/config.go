@@ -25,9 +25,12 @@ const (
 
 // Config is the whole file.
 type Config struct {
-	VM       VM       `toml:"vm"`
-	CNI      CNI      `toml:"cni"`
-	Registry Registry `toml:"registry"`
+	VM  VM  `toml:"vm"`
+	CNI CNI `toml:"cni"`
+	// StreamAddress is where the streaming server (exec, attach,
+	// port-forward) listens; port 0 picks a free one.
+	StreamAddress string   `toml:"stream_address"`
+	Registry      Registry `toml:"registry"`
 }
 
 // CNI locates the pod network configuration and plugins.
@@ -100,7 +103,7 @@ type VM struct {
 
 // Default returns the configuration used where the file is silent.
 func Default() Config {
-	return Config{CNI: CNI{
+	return Config{StreamAddress: "127.0.0.1:0", CNI: CNI{
 		ConfDir: "/etc/cni/net.d",
 		BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
 	}, VM: VM{

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/cri-streaming/pkg/streaming"
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
@@ -30,6 +31,7 @@ type Runtime interface {
 	ReopenLog(id string) error
 	ContainerStats(ctx context.Context, id string) (*agent.ContainerStats, error)
 	Subscribe() (<-chan *runtimeapi.ContainerEventResponse, func())
+	streaming.Runtime
 }
 
 var _ Runtime = (*sandbox.Manager)(nil)

@@ -23,11 +23,12 @@ type Service struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	runtimeapi.UnimplementedImageServiceServer
 
-	version string
-	accel   func() (vm.Accel, error)
-	images  ImageStore
-	runtime Runtime
-	network func() error
+	version  string
+	accel    func() (vm.Accel, error)
+	images   ImageStore
+	runtime  Runtime
+	network  func() error
+	streamer Streamer
 }
 
 // ImageStore is what the CRI ImageService needs (pkg/imageservice).

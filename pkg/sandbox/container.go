@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync"
 	"time"
@@ -48,6 +49,14 @@ type Container struct {
 	done    chan struct{} // closed once a started container's exit is recorded
 	log     *crilog.File
 	proc    *agent.Process
+	outs    [2]*fanout // attached clients, by agentapi.Stream
+
+	stdinMu  sync.Mutex
+	stdinOff uint64 // stdin bytes attached clients have sent
+}
+
+func newContainer(m *Manager, pod *Pod, cfg *runtime.ContainerConfig, rec containerRecord) *Container {
+	return &Container{m: m, pod: pod, cfg: cfg, rec: rec, outs: [2]*fanout{{}, {}}}
 }
 
 // Status is a snapshot of a container's record.
@@ -108,10 +117,10 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		return nil, fmt.Errorf("%w: encode container config: %v", ErrInvalid, err)
 	}
 	id := newID()
-	c := &Container{m: m, pod: pod, cfg: cfg, rec: containerRecord{
+	c := newContainer(m, pod, cfg, containerRecord{
 		ID: id, PodID: pod.ID(), Config: raw, CreatedAt: time.Now().UnixNano(),
 		State: runtime.ContainerState_CONTAINER_CREATED,
-	}}
+	})
 	if err := m.reserveName(c.name(), id); err != nil {
 		return nil, err
 	}
@@ -264,6 +273,7 @@ func (m *Manager) monitor(c *Container, proc *agent.Process, log *crilog.File, r
 			if log != nil {
 				w = log.Stream(map[agentapi.Stream]string{agentapi.Stream_STDOUT: "stdout", agentapi.Stream_STDERR: "stderr"}[s])
 			}
+			w = teeCloser{w, c.outs[s]}
 			var err error
 			if resume {
 				_, err = proc.ResumeOutput(ctx, s, w)
@@ -316,6 +326,22 @@ func (m *Manager) monitor(c *Container, proc *agent.Process, log *crilog.File, r
 	klog.InfoS("container exited", "container", c.rec.ID, "code", c.rec.ExitCode, "reason", c.rec.Reason)
 	m.event(c, runtime.ContainerEventType_CONTAINER_STOPPED_EVENT)
 }
+
+// teeCloser writes to the log, then to attached clients.
+type teeCloser struct {
+	log interface {
+		Write([]byte) (int, error)
+		Close() error
+	}
+	attached io.Writer
+}
+
+func (t teeCloser) Write(p []byte) (int, error) {
+	t.attached.Write(p)
+	return t.log.Write(p)
+}
+
+func (t teeCloser) Close() error { return t.log.Close() }
 
 type discard struct{}
 
@@ -458,7 +484,7 @@ func (m *Manager) restoreContainer(p *Pod, r *containerRecord) (*Container, erro
 	if err := proto.Unmarshal(r.Config, cfg); err != nil {
 		return nil, fmt.Errorf("decode container config: %w", err)
 	}
-	c := &Container{m: m, pod: p, cfg: cfg, rec: *r}
+	c := newContainer(m, p, cfg, *r)
 	if release, err := m.images.Acquire(r.ImageID); err == nil {
 		c.release = release
 	} else {

@@ -1785,6 +1785,58 @@ func (x *ContainerStatsResponse) GetTimestampUnixNano() int64 {
 	return 0
 }
 
+type OpenPortRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenPortRequest) Reset() {
+	*x = OpenPortRequest{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenPortRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenPortRequest) ProtoMessage() {}
+
+func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenPortRequest.ProtoReflect.Descriptor instead.
+func (*OpenPortRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *OpenPortRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *OpenPortRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -1913,12 +1965,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x15writable_layer_inodes\x18\b \x01(\x04R\x13writableLayerInodes\x12\x12\n" +
 	"\x04pids\x18\t \x01(\x04R\x04pids\x12.\n" +
 	"\x13timestamp_unix_nano\x18\n" +
-	" \x01(\x03R\x11timestampUnixNano* \n" +
+	" \x01(\x03R\x11timestampUnixNano\"5\n" +
+	"\x0fOpenPortRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port* \n" +
 	"\x06Stream\x12\n" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\xff\f\n" +
+	"\x06STDERR\x10\x012\xc9\r\n" +
 	"\x05Agent\x12P\n" +
 	"\aVersion\x12!.hyperlet.agent.v1.VersionRequest\x1a\".hyperlet.agent.v1.VersionResponse\x12_\n" +
 	"\fStartProcess\x12&.hyperlet.agent.v1.StartProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12Y\n" +
@@ -1942,7 +1997,8 @@ const file_agent_proto_rawDesc = "" +
 	"\vExecProcess\x12%.hyperlet.agent.v1.ExecProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12V\n" +
 	"\x0fUpdateContainer\x12).hyperlet.agent.v1.UpdateContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12V\n" +
 	"\x0fRemoveContainer\x12).hyperlet.agent.v1.RemoveContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12e\n" +
-	"\x0eContainerStats\x12(.hyperlet.agent.v1.ContainerStatsRequest\x1a).hyperlet.agent.v1.ContainerStatsResponseB1Z/github.com/hyperlet/hyperlet/api/agent/v1;agentb\x06proto3"
+	"\x0eContainerStats\x12(.hyperlet.agent.v1.ContainerStatsRequest\x1a).hyperlet.agent.v1.ContainerStatsResponse\x12H\n" +
+	"\bOpenPort\x12\".hyperlet.agent.v1.OpenPortRequest\x1a\x18.hyperlet.agent.v1.EmptyB1Z/github.com/hyperlet/hyperlet/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1957,7 +2013,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -1988,11 +2044,12 @@ var file_agent_proto_goTypes = []any{
 	(*RemoveContainerRequest)(nil),  // 26: hyperlet.agent.v1.RemoveContainerRequest
 	(*ContainerStatsRequest)(nil),   // 27: hyperlet.agent.v1.ContainerStatsRequest
 	(*ContainerStatsResponse)(nil),  // 28: hyperlet.agent.v1.ContainerStatsResponse
-	nil,                             // 29: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	(*OpenPortRequest)(nil),         // 29: hyperlet.agent.v1.OpenPortRequest
+	nil,                             // 30: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	29, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	30, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 	19, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
 	20, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
 	2,  // 4: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
@@ -2014,27 +2071,29 @@ var file_agent_proto_depIdxs = []int32{
 	25, // 20: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
 	26, // 21: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
 	27, // 22: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
-	3,  // 23: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 24: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 25: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 26: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 27: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 28: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 29: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 30: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 31: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 32: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
-	1,  // 33: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	1,  // 34: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
-	1,  // 35: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
-	1,  // 36: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
-	5,  // 37: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
-	5,  // 38: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	1,  // 39: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
-	1,  // 40: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
-	28, // 41: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
-	23, // [23:42] is the sub-list for method output_type
-	4,  // [4:23] is the sub-list for method input_type
+	29, // 23: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
+	3,  // 24: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 25: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 26: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 27: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 28: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 29: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 30: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 31: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 32: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 33: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 34: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	1,  // 35: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
+	1,  // 36: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
+	1,  // 37: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
+	5,  // 38: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
+	5,  // 39: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	1,  // 40: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
+	1,  // 41: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
+	28, // 42: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	1,  // 43: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
+	24, // [24:44] is the sub-list for method output_type
+	4,  // [4:24] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -2051,7 +2110,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ type AgentService interface {
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
 	RemoveContainer(context.Context, *RemoveContainerRequest) (*Empty, error)
 	ContainerStats(context.Context, *ContainerStatsRequest) (*ContainerStatsResponse, error)
+	OpenPort(context.Context, *OpenPortRequest) (*Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -164,6 +165,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ContainerStats(ctx, &req)
+			},
+			"OpenPort": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req OpenPortRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OpenPort(ctx, &req)
 			},
 		},
 	})
@@ -326,6 +334,14 @@ func (c *agentClient) RemoveContainer(ctx context.Context, req *RemoveContainerR
 func (c *agentClient) ContainerStats(ctx context.Context, req *ContainerStatsRequest) (*ContainerStatsResponse, error) {
 	var resp ContainerStatsResponse
 	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "ContainerStats", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OpenPort(ctx context.Context, req *OpenPortRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "OpenPort", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

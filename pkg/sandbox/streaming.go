@@ -1,0 +1,221 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+	"github.com/hyperlet/hyperlet/pkg/agent"
+)
+
+// The streaming calls (kubelet's streaming server, k8s.io/cri-streaming)
+// land here: Exec and PortForward run in the guest through the agent, Attach
+// joins a running container's output fan-out and stdin.
+
+// fanout copies a container's output stream to the attached clients.
+type fanout struct {
+	mu   sync.Mutex
+	next int
+	ws   map[int]io.Writer
+}
+
+func (f *fanout) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, w := range f.ws {
+		if _, err := w.Write(p); err != nil {
+			delete(f.ws, id) // a client that went away
+		}
+	}
+	return len(p), nil
+}
+
+func (f *fanout) add(w io.Writer) (remove func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ws == nil {
+		f.ws = map[int]io.Writer{}
+	}
+	id := f.next
+	f.next++
+	f.ws[id] = w
+	return func() {
+		f.mu.Lock()
+		delete(f.ws, id)
+		f.mu.Unlock()
+	}
+}
+
+func (m *Manager) runningContainer(id string) (*Container, *agent.Client, error) {
+	c, err := m.Container(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING {
+		return nil, nil, fmt.Errorf("container %s is %s, not running: %w", id, st, ErrNotReady)
+	}
+	client, err := c.pod.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, client, nil
+}
+
+func resizeLoop(ctx context.Context, p *agent.Process, resize <-chan remotecommandserver.TerminalSize) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case sz, ok := <-resize:
+			if !ok {
+				return
+			}
+			if sz.Height > 0 && sz.Width > 0 {
+				p.Resize(ctx, uint32(sz.Height), uint32(sz.Width))
+			}
+		}
+	}
+}
+
+// Exec runs cmd in a container with the client's streams.
+func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
+	if len(cmd) == 0 {
+		return fmt.Errorf("%w: empty command", ErrInvalid)
+	}
+	c, client, err := m.runningContainer(id)
+	if err != nil {
+		return err
+	}
+	execID := "exec-" + newID()[:24]
+	proc, err := client.Exec(ctx, c.ID(), execID, &specs.Process{Args: cmd, Terminal: tty}, in != nil, 0, 0)
+	if err != nil {
+		return err
+	}
+	defer proc.Remove(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if in != nil {
+		go proc.CopyStdin(ctx, in)
+	}
+	if tty && resize != nil {
+		go resizeLoop(ctx, proc, resize)
+	}
+	var wg sync.WaitGroup
+	copyOut := func(s agentapi.Stream, w io.Writer) {
+		defer wg.Done()
+		if w == nil {
+			w = io.Discard
+		}
+		proc.CopyOutput(ctx, s, 0, w)
+	}
+	wg.Add(1)
+	go copyOut(agentapi.Stream_STDOUT, out)
+	if !tty {
+		wg.Add(1)
+		go copyOut(agentapi.Stream_STDERR, errw)
+	}
+	st, err := proc.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	wg.Wait()
+	if st.ExitCode != 0 {
+		return utilexec.CodeExitError{Err: fmt.Errorf("command %q exited with %d", cmd, st.ExitCode), Code: int(st.ExitCode)}
+	}
+	return nil
+}
+
+// Attach connects the client to a running container's stdio until the
+// container exits or the client leaves.
+func (m *Manager) Attach(ctx context.Context, id string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
+	c, _, err := m.runningContainer(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	proc, done := c.proc, c.done
+	c.mu.Unlock()
+	if proc == nil {
+		return fmt.Errorf("container %s has no process: %w", id, ErrNotReady)
+	}
+	if out != nil {
+		defer c.outs[agentapi.Stream_STDOUT].add(out)()
+	}
+	if errw != nil && !c.cfg.GetTty() {
+		defer c.outs[agentapi.Stream_STDERR].add(errw)()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if in != nil && c.cfg.GetStdin() {
+		go c.attachStdin(ctx, proc, in)
+	}
+	if c.cfg.GetTty() && resize != nil {
+		go resizeLoop(ctx, proc, resize)
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// attachStdin feeds a client's input to the container. Clients share one
+// stdin stream; with StdinOnce the stream closes when the first client's
+// input ends.
+func (c *Container) attachStdin(ctx context.Context, proc *agent.Process, in io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := in.Read(buf)
+		if n > 0 {
+			c.stdinMu.Lock()
+			off, err := proc.WriteStdin(ctx, c.stdinOff, buf[:n])
+			c.stdinOff = off
+			c.stdinMu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) && c.cfg.GetStdinOnce() {
+				proc.CloseStdin(ctx)
+			}
+			return
+		}
+	}
+}
+
+// PortForward relays stream to port on the pod's localhost, inside the VM.
+func (m *Manager) PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	p, err := m.Pod(podID)
+	if err != nil {
+		return err
+	}
+	client, err := p.client()
+	if err != nil {
+		return err
+	}
+	if port <= 0 || port > 65535 {
+		return fmt.Errorf("%w: port %d", ErrInvalid, port)
+	}
+	conn, err := client.OpenPort(ctx, "pf-"+newID()[:24], uint32(port))
+	if err != nil {
+		return err
+	}
+	defer conn.Remove(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go conn.CopyStdin(ctx, stream)
+	_, err = conn.CopyOutput(ctx, agentapi.Stream_STDOUT, 0, stream)
+	conn.Signal(context.Background(), 9) // closes the guest's connection
+	conn.Wait(context.Background())
+	return err
+}
