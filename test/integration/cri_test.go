@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
 )
@@ -169,6 +172,23 @@ func (d *criDaemon) stop(sig syscall.Signal) {
 	d.cmd.Process.Signal(sig)
 	d.cmd.Wait()
 	d.cmd = nil
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 type lockedWriter struct {
@@ -526,7 +546,9 @@ func TestCRIDaemonRestart(t *testing.T) {
 	podCfg := podConfig("restart")
 	podCfg.LogDirectory = filepath.Join(d.dir, "logs")
 	pod := d.runPod(ctx, podCfg)
-	long := d.createStart(ctx, pod, podCfg, ctrConfig("long", "sh", "-c", "echo first; read x; echo second $x; sleep 1000"))
+	longCfg := ctrConfig("long", "sh", "-c", "echo first; read x; echo second $x; sleep 1000")
+	longCfg.Stdin = true
+	long := d.createStart(ctx, pod, podCfg, longCfg)
 	short := d.createStart(ctx, pod, podCfg, ctrConfig("short", "sh", "-c", "echo going; sleep 3; echo gone; exit 4"))
 
 	d.stop(syscall.SIGKILL)
@@ -551,7 +573,28 @@ func TestCRIDaemonRestart(t *testing.T) {
 	if r, err := d.exec(ctx, long, 0, "echo", "still here"); err != nil || string(r.Stdout) != "still here\n" {
 		t.Errorf("exec after restart: %v %v", r, err)
 	}
-	b, _ := os.ReadFile(filepath.Join(podCfg.LogDirectory, "short.log"))
+	// Attach to the container started before the restart: its stdin and
+	// output are still connected.
+	ar, err := d.rs.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: long, Stdin: true, Stdout: true, Stderr: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var attached lockedBuffer
+	actx, cancel := context.WithCancel(ctx)
+	go executor(t, ar.Url, false).StreamWithContext(actx, remotecommand.StreamOptions{
+		Stdin: strings.NewReader("hello\n"), Stdout: &attached, Stderr: io.Discard})
+	for i := 0; i < 100 && !strings.Contains(attached.String(), "second hello"); i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	if !strings.Contains(attached.String(), "second hello\n") {
+		t.Errorf("attach after restart got %q", attached.String())
+	}
+	b, _ := os.ReadFile(filepath.Join(podCfg.LogDirectory, "long.log"))
+	if !strings.Contains(string(b), " stdout F first\n") || !strings.Contains(string(b), " stdout F second hello\n") {
+		t.Errorf("log of the long container across the restart:\n%s", b)
+	}
+	b, _ = os.ReadFile(filepath.Join(podCfg.LogDirectory, "short.log"))
 	if !strings.Contains(string(b), " stdout F going\n") || !strings.Contains(string(b), " stdout F gone\n") {
 		t.Errorf("log of the container that exited during downtime:\n%s", b)
 	}
