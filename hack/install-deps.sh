@@ -15,6 +15,7 @@ pkgs=(
 	docker-registry      # a real registry for the image pull tests
 	containernetworking-plugins  # CNI plugins for pod networks (bridge, host-local, portmap...)
 	iptables             # used by the portmap plugin for hostPorts
+	curl                 # scripts wait for the registry and demo pods
 )
 missing=()
 for p in "${pkgs[@]}"; do

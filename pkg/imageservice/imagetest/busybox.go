@@ -3,6 +3,7 @@ package imagetest
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -27,13 +28,22 @@ const (
 // /tmp and a home for app. Its command is sh.
 func BusyboxImage(t *testing.T) v1.Image {
 	t.Helper()
+	img, err := Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// Busybox builds the busybox test image (see BusyboxImage).
+func Busybox() (v1.Image, error) {
 	bin, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		t.Fatalf("test images need busybox-static (/bin/busybox): %v", err)
+		return nil, fmt.Errorf("test images need busybox-static (/bin/busybox): %w", err)
 	}
 	out, err := exec.Command("/bin/busybox", "--list").Output()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -61,20 +71,16 @@ func BusyboxImage(t *testing.T) v1.Image {
 	b := buf.Bytes()
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	img, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cf, _ := img.ConfigFile()
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", "amd64"
 	cf.Config.Cmd = []string{"sh"}
 	cf.Config.Env = []string{"PATH=/bin", "IMAGE_ENV=from-image"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return mutate.ConfigFile(img, cf)
 }
