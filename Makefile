@@ -20,8 +20,9 @@ help: ## list targets
 deps: ## install the Debian packages hyperlet builds and runs with (idempotent)
 	hack/install-deps.sh
 
-build: ## build the hyperlet daemon
+build: ## build the hyperlet daemon and the hyperctl CLI
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperlet ./cmd/hyperlet
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperctl ./cmd/hyperctl
 
 agent: ## build the guest agent (static)
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(OUT)/hyperlet-agent ./guest/agent
@@ -45,7 +46,7 @@ test-unit: ## run the tests that need no VM
 bench-vm: deps guest ## benchmark cold boot to agent-ready and host memory per idle VM
 	$(GO) run ./hack/bench-vm -output $(OUT)
 
-demo: deps guest build ## install, build, start hyperlet and run a command in a pod VM
+demo: deps guest build ## install, build, set up a pod network and registry, start hyperlet, run demo pods with hyperctl
 	hack/demo.sh
 
 generate: ## regenerate the agent API code with the pinned generators

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# Starts hyperlet (own root, state and socket under _output/demo, so it does
-# not touch a system install), shows its CRI status, and runs a command in a
-# pod VM. hyperlet keeps running; the script prints how to stop it.
+# Sets up and runs hyperlet with demo pods: a pod network (Debian's CNI
+# plugins; a default bridge config if /etc/cni/net.d is empty), a local
+# registry with the project's busybox image as docker.io/library/busybox,
+# and hyperlet with its own root, state and socket under _output/demo.
+# Then it runs pods with hyperctl. hyperlet keeps running; the script prints
+# how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$PWD/_output
 demo=$out/demo
 mkdir -p "$demo"
 
-# The demo initrd carries busybox so there is something to run in the VM.
+hack/setup-cni.sh /etc/cni/net.d
+hack/registry.sh up
+
 cat > "$demo/config.toml" <<TOML
 [vm]
 kernel = "$out/vmlinux"
-initrd = "$out/initrd-test.img"
+initrd = "$out/initrd.img"
+
+[cni]
+conf_dir = "/etc/cni/net.d"
+
+# Offline: docker.io images come from the local registry.
+[registry.mirrors."docker.io"]
+endpoint = ["http://127.0.0.1:${REGISTRY_PORT:-5050}"]
 TOML
-flags=(--config "$demo/config.toml" --root "$demo/root" --state "$demo/state" --socket "$demo/hyperlet.sock")
+sock=$demo/hyperlet.sock
+flags=(--config "$demo/config.toml" --root "$demo/root" --state "$demo/state" --socket "$sock")
 
 if [ -f "$demo/hyperlet.pid" ] && kill -0 "$(cat "$demo/hyperlet.pid")" 2>/dev/null; then
 	echo "demo: hyperlet already running (pid $(cat "$demo/hyperlet.pid"))"
@@ -23,14 +36,38 @@ else
 	echo $! >"$demo/hyperlet.pid"
 	echo "demo: started hyperlet (pid $!), log $demo/hyperlet.log"
 fi
-for _ in $(seq 100); do [ -S "$demo/hyperlet.sock" ] && break; sleep 0.1; done
-sleep 0.5 # let the accelerator probe finish
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 "$out/hyperlet" status "${flags[@]}"
+export HYPERCTL_ENDPOINT=$sock
+ctl=$out/hyperctl
 
 echo
-echo "demo: booting a pod VM and running a command in it"
-"$out/hyperlet" vm-run "${flags[@]}" -- sh -c 'echo "hello from $(uname -sr) in a hyperlet pod VM"; echo "memory: $(head -1 /proc/meminfo)"; echo "processes: $(ls -d /proc/[0-9]* | wc -l)"'
+echo "demo: \$ hyperctl run --rm busybox echo hi"
+"$ctl" run --rm busybox echo hi
 
 echo
-echo "demo: hyperlet is serving the CRI on unix://$demo/hyperlet.sock"
-echo "demo: stop it with: kill $(cat "$demo/hyperlet.pid")"
+echo "demo: \$ hyperctl run --rm busybox sh -c 'uname -r; id; exit 3'   (exit code propagates)"
+set +e
+"$ctl" run --rm -e GREETING=hello busybox sh -c 'echo "$GREETING from kernel $(uname -r) as $(id -un)"; exit 3'
+echo "demo: exit code $?"
+set -e
+
+echo
+echo "demo: \$ hyperctl run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc"
+"$ctl" rm -f web >/dev/null 2>&1 || true
+"$ctl" run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc >/dev/null
+pod_ip=$("$ctl" inspect web | sed -n 's/^ *"ip": "\(.*\)",*$/\1/p' | head -1)
+host_ip=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | grep -v "^10\.89\." | head -1)
+for _ in $(seq 50); do curl -fsS "http://$pod_ip/hostname" >/dev/null 2>&1 && break; sleep 0.2; done
+echo "demo: \$ curl http://$pod_ip/hostname      (pod IP)"
+curl -fsS "http://$pod_ip/hostname"
+echo "demo: \$ curl http://$host_ip:8080/hostname   (hostPort)"
+curl -fsS "http://$host_ip:8080/hostname"
+echo "demo: \$ hyperctl exec web sh -c 'hostname; ip -4 addr show eth0 | grep inet'"
+"$ctl" exec web sh -c 'hostname; ip -4 addr show eth0 | grep inet'
+"$ctl" ps
+
+echo
+echo "demo: hyperlet is serving the CRI on unix://$sock"
+echo "demo: try: HYPERCTL_ENDPOINT=$sock $ctl run -it --rm busybox sh"
+echo "demo: clean up: $ctl rm -f web; kill $(cat "$demo/hyperlet.pid"); hack/registry.sh stop"

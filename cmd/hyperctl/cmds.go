@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func (c *cli) ps(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("ps", flag.ContinueOnError)
+	all := fs.Bool("a", false, "show exited containers too")
+	if err := fs.Parse(args); err != nil {
+		return exitCode(2)
+	}
+	list, err := c.rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCREATED\tSTATE\tNAME\tPOD ID")
+	for _, ct := range list.Containers {
+		if !*all && ct.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			continue
+		}
+		state := strings.TrimPrefix(ct.State.String(), "CONTAINER_")
+		fmt.Fprintf(w, "%s\t%s\t%s ago\t%s\t%s\t%s\n", shortID(ct.Id), ct.Image.GetImage(), age(ct.CreatedAt), state, ct.Metadata.GetName(), shortID(ct.PodSandboxId))
+	}
+	return w.Flush()
+}
+
+func (c *cli) exec(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	interactive := fs.Bool("i", false, "pass stdin")
+	tty := fs.Bool("t", false, "allocate a terminal")
+	if err := fs.Parse(args); err != nil {
+		return exitCode(2)
+	}
+	if fs.NArg() < 2 {
+		return fmt.Errorf("exec needs a container and a command")
+	}
+	ct, err := c.container(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	r, err := c.rs.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: ct.Id, Cmd: fs.Args()[1:],
+		Stdin: *interactive, Stdout: true, Stderr: !*tty, Tty: *tty})
+	if err != nil {
+		return err
+	}
+	return stream(ctx, r.Url, *interactive, *tty)
+}
+
+func (c *cli) logs(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
+	follow := fs.Bool("f", false, "follow until the container exits")
+	if err := fs.Parse(args); err != nil {
+		return exitCode(2)
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("logs needs a container")
+	}
+	ct, err := c.container(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	return c.follow(ctx, ct.Id, *follow)
+}
+
+// follow prints a container's log (the CRI log file), joining partial
+// records; with wait it keeps reading until the container has exited.
+func (c *cli) follow(ctx context.Context, id string, wait bool) error {
+	st, err := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	if err != nil {
+		return err
+	}
+	path := st.Status.LogPath
+	if path == "" {
+		return fmt.Errorf("container %s has no log file", shortID(id))
+	}
+	var f *os.File
+	for i := 0; ; i++ {
+		if f, err = os.Open(path); err == nil {
+			break
+		}
+		if !wait || i > 100 {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	var pending string
+	exited := false
+	for {
+		line, err := r.ReadString('\n')
+		if err == io.EOF {
+			// Keep a partial line for the next read.
+			pending += line
+			if !wait || exited {
+				return nil
+			}
+			st, serr := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+			if serr != nil {
+				return serr
+			}
+			if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+				exited = true // one more pass picks up the last lines
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		line, pending = pending+line, ""
+		// <timestamp> <stream> <P|F> <content>
+		parts := strings.SplitN(strings.TrimSuffix(line, "\n"), " ", 4)
+		if len(parts) < 3 {
+			continue
+		}
+		content := ""
+		if len(parts) == 4 {
+			content = parts[3]
+		}
+		if parts[2] == "F" {
+			content += "\n"
+		}
+		out := os.Stdout
+		if parts[1] == "stderr" {
+			out = os.Stderr
+		}
+		io.WriteString(out, content)
+	}
+}
+
+func (c *cli) stop(ctx context.Context, args []string) error {
+	for _, ref := range args {
+		ct, err := c.container(ctx, ref)
+		if err != nil {
+			return err
+		}
+		if _, err := c.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: ct.Id, Timeout: 10}); err != nil {
+			return err
+		}
+		fmt.Println(shortID(ct.Id))
+	}
+	return nil
+}
+
+func (c *cli) rm(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("rm", flag.ContinueOnError)
+	force := fs.Bool("f", false, "remove running containers too")
+	if err := fs.Parse(args); err != nil {
+		return exitCode(2)
+	}
+	for _, ref := range fs.Args() {
+		ct, err := c.container(ctx, ref)
+		if err != nil {
+			return err
+		}
+		if ct.State == runtimeapi.ContainerState_CONTAINER_RUNNING && !*force {
+			return fmt.Errorf("container %s is running (stop it or use -f)", shortID(ct.Id))
+		}
+		if _, err := c.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ct.PodSandboxId}); err != nil {
+			return err
+		}
+		if _, err := c.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ct.PodSandboxId}); err != nil {
+			return err
+		}
+		fmt.Println(shortID(ct.Id))
+	}
+	return nil
+}
+
+func (c *cli) pull(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("pull needs an image")
+	}
+	r, err := c.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: args[0]}})
+	if err != nil {
+		return err
+	}
+	fmt.Println(r.ImageRef)
+	return nil
+}
+
+func (c *cli) images(ctx context.Context, args []string) error {
+	list, err := c.is.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "IMAGE\tIMAGE ID\tSIZE")
+	for _, img := range list.Images {
+		names := img.RepoTags
+		if len(names) == 0 {
+			names = []string{"<none>"}
+		}
+		for _, n := range names {
+			fmt.Fprintf(w, "%s\t%s\t%.1f MiB\n", n, shortID(strings.TrimPrefix(img.Id, "sha256:")), float64(img.Size)/(1<<20))
+		}
+	}
+	return w.Flush()
+}
+
+func (c *cli) rmi(ctx context.Context, args []string) error {
+	for _, ref := range args {
+		if _, err := c.is.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+			return err
+		}
+		fmt.Println(ref)
+	}
+	return nil
+}
+
+func (c *cli) inspect(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("inspect needs a container")
+	}
+	ct, err := c.container(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	st, err := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ct.Id, Verbose: true})
+	if err != nil {
+		return err
+	}
+	ps, err := c.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: ct.PodSandboxId})
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(map[string]any{"container": st.Status, "pod": ps.Status})
+}
