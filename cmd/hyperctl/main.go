@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -63,6 +64,9 @@ func main() {
 		fail(2, "%s", usage)
 	}
 	endpoint = strings.TrimPrefix(endpoint, "unix://")
+	if abs, err := filepath.Abs(endpoint); err == nil {
+		endpoint = abs
+	}
 	conn, err := grpc.NewClient("unix://"+endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		fail(1, "connect %s: %v", endpoint, err)

@@ -44,6 +44,8 @@ func toGRPC(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrUnsupported):
 		code = codes.FailedPrecondition
+	case errors.Is(err, sandbox.ErrUnimplemented):
+		code = codes.Unimplemented
 	case errors.Is(err, sandbox.ErrExecTimeout):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, agent.ErrUnavailable):

@@ -92,6 +92,9 @@ func Spec(in Input) (*specs.Spec, string, error) {
 	if privileged && !in.Sandbox.GetLinux().GetSecurityContext().GetPrivileged() {
 		return nil, "", fmt.Errorf("%w: privileged container in a non-privileged pod", ErrInvalid)
 	}
+	if sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
+		return nil, "", fmt.Errorf("%w: RunAsGroup needs RunAsUser or RunAsUsername", ErrInvalid)
+	}
 	args, err := processArgs(c, in.Image)
 	if err != nil {
 		return nil, "", err

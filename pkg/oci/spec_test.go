@@ -48,7 +48,6 @@ func TestUserSpec(t *testing.T) {
 		{"uid overrides image", &runtime.LinuxContainerSecurityContext{RunAsUser: &runtime.Int64Value{Value: 1000}}, "app", "1000"},
 		{"username", &runtime.LinuxContainerSecurityContext{RunAsUsername: "nobody"}, "", "nobody"},
 		{"group", &runtime.LinuxContainerSecurityContext{RunAsUser: &runtime.Int64Value{Value: 5}, RunAsGroup: &runtime.Int64Value{Value: 7}}, "", "5:7"},
-		{"group alone keeps the image user", &runtime.LinuxContainerSecurityContext{RunAsGroup: &runtime.Int64Value{Value: 7}}, "app:x", "app:7"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,6 +175,13 @@ func TestSpec(t *testing.T) {
 		s, _, err := Spec(in)
 		if err != nil || len(s.Linux.MaskedPaths) != 0 || !slices.Contains(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN") {
 			t.Errorf("privileged spec: %v %+v", err, s.Linux)
+		}
+	})
+	t.Run("group without user", func(t *testing.T) {
+		in := baseInput()
+		in.Config.Linux.SecurityContext.RunAsGroup = &runtime.Int64Value{Value: 7}
+		if _, _, err := Spec(in); !errors.Is(err, ErrInvalid) {
+			t.Errorf("got %v", err)
 		}
 	})
 	t.Run("host namespaces", func(t *testing.T) {

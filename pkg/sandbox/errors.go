@@ -12,6 +12,8 @@ var (
 	// ErrNotReady: the object is not in a state that allows the call (a
 	// stopped pod, a container that is not running...).
 	ErrNotReady = errors.New("not ready")
+	// ErrUnimplemented: a CRI feature hyperlet does not implement yet.
+	ErrUnimplemented = errors.New("not implemented")
 	// ErrUnsupported: hyperlet cannot do this inside a pod VM.
 	ErrUnsupported = errors.New("unsupported")
 )

@@ -20,7 +20,7 @@ import (
 // over virtio-9p. Each CRI mount is bind-mounted from its host path into
 // that directory under "<container>-<n>", and the container's spec
 // bind-mounts the guest's view of it. Readonly is enforced on the host bind
-// (and again in the guest); propagation flags apply to the host bind, as 9p
+// (non-recursive, as CRI's readonly is); propagation flags apply to the host bind, as 9p
 // carries no mount events into the guest; SELinux relabel requests are
 // accepted and ignored (there is no SELinux in the guest).
 
@@ -41,6 +41,12 @@ func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, re
 	}()
 	var out []specs.Mount
 	for i, m := range ms {
+		if m.Image != nil {
+			return nil, fmt.Errorf("%w: image volumes", ErrUnimplemented)
+		}
+		if m.RecursiveReadOnly {
+			return nil, fmt.Errorf("%w: recursive read-only mounts", ErrUnimplemented)
+		}
 		if !filepath.IsAbs(m.ContainerPath) || !filepath.IsAbs(m.HostPath) {
 			return nil, fmt.Errorf("%w: mount %q -> %q: paths must be absolute", ErrInvalid, m.HostPath, m.ContainerPath)
 		}
@@ -87,10 +93,10 @@ func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, re
 		if err := unix.Mount("", target, "", prop|unix.MS_REC, ""); err != nil {
 			return nil, fmt.Errorf("set propagation of %s: %w", m.HostPath, err)
 		}
+		// Read-only is enforced by the host bind, which covers the top
+		// mount only (CRI's non-recursive read-only): submounts stay
+		// writable. The guest cannot tell them apart over 9p.
 		opts := []string{"rbind", "rw"}
-		if m.Readonly {
-			opts[1] = "ro"
-		}
 		out = append(out, specs.Mount{
 			Destination: m.ContainerPath, Type: "bind",
 			Source: agentapi.SharedDir + "/" + name, Options: opts,

@@ -97,6 +97,17 @@ func startCRI(t *testing.T) *criDaemon {
 	}
 	d.start()
 	t.Cleanup(func() {
+		// Pods a failed test left are removed by the runtime itself, so
+		// their network namespaces and mounts go too.
+		if d.cmd != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if list, err := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
+				for _, p := range list.Items {
+					d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id})
+				}
+			}
+			cancel()
+		}
 		d.stop(syscall.SIGKILL)
 		// Whatever a test left, no pod VM may outlive it.
 		killVMsUnder(d.state)
@@ -618,6 +629,14 @@ func TestCRIVolumes(t *testing.T) {
 	os.Mkdir(rw, 0o755)
 	os.Mkdir(ro, 0o755)
 	os.WriteFile(filepath.Join(ro, "data"), []byte("read-only data\n"), 0o644)
+	// A mount inside a read-only volume stays writable (CRI's read-only is
+	// not recursive).
+	inner := filepath.Join(ro, "inner")
+	os.Mkdir(inner, 0o755)
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(inner, syscall.MNT_DETACH) })
 	hostsFile := filepath.Join(host, "etc-hosts")
 	os.WriteFile(hostsFile, []byte("10.1.2.3 kubelet-managed\n"), 0o644)
 
@@ -646,6 +665,13 @@ func TestCRIVolumes(t *testing.T) {
 	if err != nil || r.ExitCode == 0 {
 		t.Errorf("write to a read-only volume succeeded: %v %v", r, err)
 	}
+	if r, err := d.exec(ctx, cid, 0, "sh", "-c", "echo y > /data/ro/inner/f"); err != nil || r.ExitCode != 0 {
+		t.Errorf("write to a mount inside a read-only volume: %v %v", r, err)
+	}
+	image := ctrConfig("imagevol", "true")
+	image.Mounts = []*runtimeapi.Mount{{ContainerPath: "/img", Image: &runtimeapi.ImageSpec{Image: testImage}}}
+	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: image, SandboxConfig: podCfg})
+	wantCode(t, "image volume", err, codes.Unimplemented)
 	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
