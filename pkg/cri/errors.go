@@ -11,6 +11,7 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/imageservice/unpack"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 )
 
@@ -32,7 +33,7 @@ func toGRPC(err error) error {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, imageservice.ErrNotFound):
 		code = codes.NotFound
-	case errors.Is(err, imageservice.ErrInvalidReference), errors.Is(err, errInvalid):
+	case errors.Is(err, imageservice.ErrInvalidReference), errors.Is(err, errInvalid), errors.Is(err, unpack.ErrUnsafeLayer):
 		code = codes.InvalidArgument
 	case errors.Is(err, errUnavailable):
 		code = codes.FailedPrecondition
@@ -42,7 +43,7 @@ func toGRPC(err error) error {
 		code = codes.AlreadyExists
 	case errors.Is(err, sandbox.ErrInvalid):
 		code = codes.InvalidArgument
-	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrUnsupported):
+	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrUnsupported), errors.Is(err, imageservice.ErrInUse):
 		code = codes.FailedPrecondition
 	case errors.Is(err, sandbox.ErrUnimplemented):
 		code = codes.Unimplemented

@@ -1,6 +1,7 @@
 package imageservice
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,6 +24,8 @@ type Service struct {
 	db       *imageDB
 	registry config.Registry
 	pulls    singleflight.Group
+	disks    singleflight.Group // image disk builds
+	pins     pins
 	gcMu     sync.RWMutex // pulls read-lock; removal + GC write-lock
 }
 
@@ -39,7 +42,12 @@ func New(root string, reg config.Registry) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{root: root, store: store, db: db, registry: reg}, nil
+	svc := &Service{root: root, store: store, db: db, registry: reg}
+	if err := svc.cleanDisks(); err != nil {
+		db.close()
+		return nil, err
+	}
+	return svc, nil
 }
 
 // Close releases the database.
@@ -97,6 +105,9 @@ func (s *Service) Remove(ref string) error {
 		if removed == nil {
 			return nil, nil, nil
 		}
+		if s.pinned(removed.ID) {
+			return nil, nil, fmt.Errorf("remove image %s: %w by a container", removed.ID, ErrInUse)
+		}
 		for _, img := range all {
 			if img.ID != removed.ID {
 				keep = append(keep, img)
@@ -106,6 +117,9 @@ func (s *Service) Remove(ref string) error {
 	})
 	if err != nil || removed == nil {
 		return err
+	}
+	if err := os.Remove(s.diskPath(removed.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove image disk: %w", err)
 	}
 	used := map[digest.Digest]bool{}
 	for _, img := range keep {
@@ -130,8 +144,18 @@ type FsUsage struct {
 	Timestamp     time.Time
 }
 
-// Usage measures the store on disk.
+// Usage measures the store on disk: blobs and image disks.
 func (s *Service) Usage() (FsUsage, error) {
 	b, i, err := s.store.Usage()
-	return FsUsage{Mountpoint: s.root, Bytes: b, Inodes: i, Timestamp: time.Now()}, err
+	if err != nil {
+		return FsUsage{}, err
+	}
+	ents, _ := os.ReadDir(s.diskDir())
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			b += uint64(fi.Size())
+			i++
+		}
+	}
+	return FsUsage{Mountpoint: s.root, Bytes: b, Inodes: i, Timestamp: time.Now()}, nil
 }
