@@ -1,7 +1,8 @@
 // Command hyperlet is the hyperlet daemon: a CRI runtime that runs every pod
 // in its own micro-VM. `hyperlet` serves the CRI on a unix socket;
 // `hyperlet vm-run -- CMD` boots one throwaway pod VM and runs CMD in it;
-// `hyperlet status` asks a running daemon for its CRI status.
+// `hyperlet status` asks a running daemon for its CRI status; `hyperlet
+// import` loads image archives into the store of a stopped daemon.
 package main
 
 import (
@@ -55,10 +56,15 @@ func main() {
 	case "status":
 		fs.Parse(args)
 		err = criStatus(o)
+	case "import":
+		var tags tagList
+		fs.Var(&tags, "tag", "name for the imported image(s); repeatable")
+		fs.Parse(args)
+		err = importImages(o, tags, fs.Args())
 	case "version":
 		fmt.Println("hyperlet", version)
 	default:
-		fmt.Fprintf(os.Stderr, "hyperlet: unknown command %q (serve, vm-run, status, version)\n", cmd)
+		fmt.Fprintf(os.Stderr, "hyperlet: unknown command %q (serve, vm-run, status, import, version)\n", cmd)
 		os.Exit(2)
 	}
 	klog.Flush()
@@ -68,3 +74,8 @@ func main() {
 	}
 	os.Exit(code)
 }
+
+type tagList []string
+
+func (t *tagList) String() string     { return fmt.Sprint(*t) }
+func (t *tagList) Set(v string) error { *t = append(*t, v); return nil }

@@ -118,6 +118,22 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 	if err != nil {
 		return nil, err
 	}
+	rec, err := s.storeImage(img)
+	if err != nil {
+		return nil, err
+	}
+	repo := named.Name()
+	if t, ok := named.(reference.Tagged); ok {
+		rec.RepoTags = []string{repo + ":" + t.Tag()}
+	}
+	rec.RepoDigests = []string{repo + "@" + topDigest.String()}
+	return s.record(rec)
+}
+
+// storeImage puts an image's manifest, config and layers into the content
+// store (each verified against its digest) and returns its record, without
+// names.
+func (s *Service) storeImage(img v1.Image) (*Image, error) {
 	raw, err := img.RawManifest()
 	if err != nil {
 		return nil, err
@@ -161,12 +177,7 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 		rec.Layers = append(rec.Layers, d)
 		rec.Size += uint64(l.Size)
 	}
-	repo := named.Name()
-	if t, ok := named.(reference.Tagged); ok {
-		rec.RepoTags = []string{repo + ":" + t.Tag()}
-	}
-	rec.RepoDigests = []string{repo + "@" + topDigest.String()}
-	return s.record(rec)
+	return rec, nil
 }
 
 // putManifest stores a manifest or index, refusing oversized ones.
