@@ -105,4 +105,3 @@ func tarDir(t *testing.T, dir, out string) {
 		return nil
 	})
 }
-
