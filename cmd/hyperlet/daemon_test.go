@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,8 +52,10 @@ func startDaemonWithConfig(t *testing.T, bin, dir, config string) *daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.cmd.Process.Kill(); d.cmd.Wait() })
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(d.socket); err == nil {
+	for i := 0; i < 200; i++ {
+		// A killed daemon's socket file may linger: wait for an answer.
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
 			return d
 		}
 		time.Sleep(50 * time.Millisecond)
