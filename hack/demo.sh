@@ -66,6 +66,13 @@ curl -fsS "http://$host_ip:8080/hostname"
 echo "demo: \$ hyperctl exec web sh -c 'hostname; ip -4 addr show eth0 | grep inet'"
 "$ctl" exec web sh -c 'hostname; ip -4 addr show eth0 | grep inet'
 "$ctl" ps
+echo "demo: \$ hyperctl port-forward web 18081:80 &   (connects to localhost:80 inside the pod VM)"
+"$ctl" port-forward web 18081:80 >/dev/null &
+pf=$!
+for _ in $(seq 50); do curl -fsS http://127.0.0.1:18081/hostname >/dev/null 2>&1 && break; sleep 0.2; done
+echo "demo: \$ curl http://127.0.0.1:18081/hostname"
+curl -fsS http://127.0.0.1:18081/hostname
+kill $pf
 
 echo
 echo "demo: hyperlet is serving the CRI on unix://$sock"

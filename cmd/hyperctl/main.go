@@ -32,6 +32,8 @@ const usage = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
   images                list images
   rmi IMAGE...          remove images
   inspect CONTAINER     print a container's status as JSON
+  port-forward CONTAINER [LOCAL:]PORT...
+                        forward local ports to the pod's localhost (inside its VM)
 
 The endpoint defaults to $HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock.
 Containers are named by ID prefix or name.`
@@ -76,7 +78,7 @@ func main() {
 	ctx := context.Background()
 	cmds := map[string]func(context.Context, []string) error{
 		"run": c.run, "ps": c.ps, "exec": c.exec, "logs": c.logs, "stop": c.stop, "rm": c.rm,
-		"pull": c.pull, "images": c.images, "rmi": c.rmi, "inspect": c.inspect,
+		"pull": c.pull, "images": c.images, "rmi": c.rmi, "inspect": c.inspect, "port-forward": c.portForward,
 	}
 	fn, ok := cmds[args[0]]
 	if !ok {

@@ -156,6 +156,13 @@ func Spec(in Input) (*specs.Spec, string, error) {
 		Bounding: caps, Effective: caps, Permitted: caps,
 	}
 	if privileged {
+		// Every device of the guest: its /dev, and a cgroup that allows all.
+		// /dev must stay first of the /dev mounts: replaced in place.
+		for i := range s.Mounts {
+			if s.Mounts[i].Destination == "/dev" {
+				s.Mounts[i] = specs.Mount{Destination: "/dev", Type: "bind", Source: "/dev", Options: []string{"rbind", "nosuid"}}
+			}
+		}
 		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
 	} else {
 		s.Linux.MaskedPaths = orDefault(sc.GetMaskedPaths(), DefaultMaskedPaths)

@@ -725,7 +725,7 @@ func TestCRISecurityAndResources(t *testing.T) {
 	priv := ctrConfig("priv", "sleep", "1000")
 	priv.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}}
 	pid := d.createStart(ctx, pod, podCfg, priv)
-	if r, err := d.exec(ctx, pid, 0, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted"); err != nil || string(r.Stdout) != "mounted\n" {
+	if r, err := d.exec(ctx, pid, 0, "sh", "-c", "test -b /dev/sda && test -c /dev/ttyS0 && head -c 4 /dev/sda >/dev/null && mkdir -p /tmp/m && mount -t tmpfs t /tmp/m && echo mounted"); err != nil || string(r.Stdout) != "mounted\n" {
 		t.Errorf("privileged mount: %v %v stderr %s", r, err, r.GetStderr())
 	}
 	if r, _ := d.exec(ctx, sleeper, 0, "sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m"); r == nil || r.ExitCode == 0 {
