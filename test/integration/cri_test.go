@@ -111,6 +111,7 @@ func startCRI(t *testing.T) *criDaemon {
 		d.stop(syscall.SIGKILL)
 		// Whatever a test left, no pod VM may outlive it.
 		killVMsUnder(d.state)
+		exec.Command("ip", "link", "del", "hlt0").Run() // the test network's bridge
 		if t.Failed() {
 			t.Logf("hyperlet log:\n%s", d.log)
 		}
@@ -770,7 +771,6 @@ func TestCRISecurityAndResources(t *testing.T) {
 // teardown leaves no namespace, veth or iptables rule behind.
 func TestCRINetworking(t *testing.T) {
 	d := startCRI(t)
-	t.Cleanup(func() { exec.Command("ip", "link", "del", "hlt0").Run() })
 	ctx := testCtx(t, 4*time.Minute)
 	d.pull(ctx)
 
