@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest test test-unit bench-vm demo generate clean
+.PHONY: help deps build agent initrd kernel guest kubelet test test-unit bench-vm demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +36,10 @@ kernel: ## build the guest kernel (cached per machine by source version and conf
 
 guest: kernel initrd ## build everything that goes into a pod VM
 
-test: deps guest ## run the whole test suite, VM tests included (under TCG where KVM cannot boot the guest)
+kubelet: ## build kubelet from the k8s.io/kubernetes module for the end-to-end test (cached per machine)
+	hack/kubelet.sh
+
+test: deps guest kubelet ## run the whole test suite, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
 

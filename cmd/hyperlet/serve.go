@@ -179,7 +179,7 @@ func serve(o options) error {
 	}()
 	defer streamer.Stop()
 
-	svc := cri.New(cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready))
+	svc := cri.New(cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
 	svc.Register(g)
 

@@ -60,9 +60,12 @@ func (s *Service) containerStats(ctx context.Context, c *sandbox.Container) *run
 		PageFaults:      &runtimeapi.UInt64Value{Value: st.PageFaults},
 		MajorPageFaults: &runtimeapi.UInt64Value{Value: st.MajorPageFaults},
 	}
+	// The writable layer is a tmpfs in the guest, charged to the pod VM's
+	// memory; kubelet looks the identifier up on the host, so it names the
+	// host filesystem that holds the pod's state.
 	out.WritableLayer = &runtimeapi.FilesystemUsage{
 		Timestamp:  ts,
-		FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: "/run/hyperlet/containers"},
+		FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: s.layerFS},
 		UsedBytes:  &runtimeapi.UInt64Value{Value: st.WritableLayerBytes},
 		InodesUsed: &runtimeapi.UInt64Value{Value: st.WritableLayerInodes},
 	}

@@ -29,6 +29,7 @@ type Service struct {
 	runtime  Runtime
 	network  func() error
 	streamer Streamer
+	layerFS  string // host mountpoint reported for writable layers
 }
 
 // ImageStore is what the CRI ImageService needs (pkg/imageservice).
@@ -62,9 +63,13 @@ func WithAccel(f func() (vm.Accel, error)) Option { return func(s *Service) { s.
 // WithNetwork reports whether the pod network is ready, or why not.
 func WithNetwork(ready func() error) Option { return func(s *Service) { s.network = ready } }
 
+// WithLayerFS names the host directory reported as the writable layers'
+// filesystem (kubelet stats it).
+func WithLayerFS(dir string) Option { return func(s *Service) { s.layerFS = dir } }
+
 // New returns a Service.
 func New(opts ...Option) *Service {
-	s := &Service{version: "dev", images: noImages{}}
+	s := &Service{version: "dev", images: noImages{}, layerFS: "/"}
 	for _, o := range opts {
 		o(s)
 	}
