@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest kubelet test test-unit bench-vm demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit bench-vm demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ kernel: ## build the guest kernel (cached per machine by source version and conf
 	guest/kernel/build.sh $(OUT)/vmlinux
 
 guest: kernel initrd ## build everything that goes into a pod VM
+
+installer-image: build guest ## build the node installer image archive (_output/hyperlet-installer.tar), no Docker needed
+	$(GO) run ./hack/installer-image -o $(OUT)/hyperlet-installer.tar -bin $(OUT)
 
 kubelet: ## build kubelet from the k8s.io/kubernetes module for the end-to-end test (cached per machine)
 	hack/kubelet.sh
