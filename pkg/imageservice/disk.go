@@ -35,7 +35,9 @@ func (s *Service) diskPath(id digest.Digest) string {
 	return filepath.Join(s.diskDir(), id.Encoded()+".erofs")
 }
 
-// cleanDisks removes temporary build directories a crash left.
+// cleanDisks removes temporary build directories a crash left, and disks
+// whose image record is gone (a crash between removing the record and the
+// disk).
 func (s *Service) cleanDisks() error {
 	if err := os.MkdirAll(s.diskDir(), 0o700); err != nil {
 		return err
@@ -44,10 +46,22 @@ func (s *Service) cleanDisks() error {
 	if err != nil {
 		return err
 	}
+	all, err := s.db.list()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, img := range all {
+		known[img.ID.Encoded()+".erofs"] = true
+	}
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".build-") {
+		switch {
+		case strings.HasPrefix(e.Name(), ".build-"):
 			klog.InfoS("removing an interrupted image disk build", "dir", e.Name())
 			os.RemoveAll(filepath.Join(s.diskDir(), e.Name()))
+		case strings.HasSuffix(e.Name(), ".erofs") && !known[e.Name()]:
+			klog.InfoS("removing the disk of a removed image", "disk", e.Name())
+			os.Remove(filepath.Join(s.diskDir(), e.Name()))
 		}
 	}
 	return nil
@@ -99,9 +113,7 @@ func (s *Service) buildDisk(ctx context.Context, img *Image, final string) error
 		}
 	}
 	out := filepath.Join(tmp, "disk.erofs")
-	// -T0: fixed timestamps for the filesystem's own metadata; file times,
-	// owners, modes and xattrs come from the layers.
-	cmd := exec.CommandContext(ctx, "mkfs.erofs", "--quiet", "-T0", "-x1", out, rootDir)
+	cmd := exec.CommandContext(ctx, "mkfs.erofs", mkfsArgs(out, rootDir)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.erofs (erofs-utils): %v: %s", err, b)
 	}
@@ -119,6 +131,17 @@ func (s *Service) buildDisk(ctx context.Context, img *Image, final string) error
 	}
 	klog.InfoS("image disk built", "image", img.ID, "layers", len(img.Layers))
 	return syncDir(s.diskDir())
+}
+
+// mkfsArgs are mkfs.erofs's arguments (erofs-utils 1.5 and later). Owners,
+// modes, xattrs and each file's mtime come from the tree as the layers left
+// it. There is deliberately no -T or SOURCE_DATE_EPOCH: in erofs-utils 1.5
+// both set every file's mtime to that value, which breaks tools that compare
+// times (Python's .pyc checks, make). Data is not compressed: lz4hc builds
+// several times slower on the first start of a pod, and the guest would pay
+// for decompression on every cold read.
+func mkfsArgs(out, dir string) []string {
+	return []string{"--quiet", "-x1", out, dir}
 }
 
 func (s *Service) applyLayer(root *os.Root, d digest.Digest) error {
@@ -174,7 +197,13 @@ func (s *Service) Acquire(id string) (func(), error) {
 		return nil, err
 	}
 	key := img.ID.String()
+	// Remove holds pins.mu from its check to its commit, so the image is
+	// either pinned before that check or seen gone here.
 	s.pins.mu.Lock()
+	if _, err := s.Get(key); err != nil {
+		s.pins.mu.Unlock()
+		return nil, err
+	}
 	if s.pins.n == nil {
 		s.pins.n = map[string]int{}
 	}
@@ -192,8 +221,7 @@ func (s *Service) Acquire(id string) (func(), error) {
 	}, nil
 }
 
+// pinned reports whether a container uses the image; pins.mu must be held.
 func (s *Service) pinned(id digest.Digest) bool {
-	s.pins.mu.Lock()
-	defer s.pins.mu.Unlock()
 	return s.pins.n[id.String()] > 0
 }

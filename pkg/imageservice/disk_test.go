@@ -12,12 +12,16 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
+	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
 	"github.com/hyperlet/hyperlet/pkg/imageservice/unpack"
 )
@@ -58,7 +62,16 @@ func file(name, content string, uid int, mode int64) *tar.Header {
 // removed, and that removal deletes the disk.
 func TestImageDisk(t *testing.T) {
 	r := imagetest.StartRegistry(t, "", "")
+	mtime := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	dated := file("etc/dated", "old\n", 0, 0o644)
+	dated.ModTime = mtime
+	capped := file("bin/ping", "ping\n", 0, 0o755)
+	capped.PAXRecords = map[string]string{
+		"SCHILY.xattr.security.capability": string(capNetRaw),
+		"SCHILY.xattr.user.note":           "hi",
+	}
 	lower := tarLayer(t,
+		dated, capped,
 		&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
 		file("etc/keep", "kept\n", 0, 0o644),
 		file("etc/gone", "whited out\n", 0, 0o644),
@@ -135,6 +148,18 @@ func TestImageDisk(t *testing.T) {
 	if mounted && st.Mode&0o7777 != 0o4755 {
 		t.Errorf("bin/tool mode %o", st.Mode&0o7777)
 	}
+	if fi, err := os.Lstat(filepath.Join(out, "etc/dated")); err != nil || !fi.ModTime().Equal(mtime) {
+		t.Errorf("etc/dated mtime: %v, %v; want %v", fi.ModTime(), err, mtime)
+	}
+	if mounted { // fsck.erofs --extract does not restore xattrs
+		for name, want := range map[string]string{"security.capability": string(capNetRaw), "user.note": "hi"} {
+			buf := make([]byte, 64)
+			n, err := unix.Lgetxattr(filepath.Join(out, "bin/ping"), name, buf)
+			if err != nil || string(buf[:max(n, 0)]) != want {
+				t.Errorf("bin/ping %s = %q, %v", name, buf[:max(n, 0)], err)
+			}
+		}
+	}
 
 	release, err := s.Acquire(pulled.ID.String())
 	if err != nil {
@@ -152,6 +177,46 @@ func TestImageDisk(t *testing.T) {
 	}
 	if _, err := os.Stat(paths[0]); !os.IsNotExist(err) {
 		t.Errorf("disk left after removal: %v", err)
+	}
+	if _, err := s.Acquire(pulled.ID.String()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Acquire of a removed image: %v", err)
+	}
+}
+
+// capNetRaw is a VFS_CAP_REVISION_2 security.capability value granting
+// CAP_NET_RAW (bit 13) as permitted.
+var capNetRaw = []byte{1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+
+// TestDiskCrashLeftovers: reopening the service removes an interrupted
+// build and the disk of an image whose record is gone, and keeps the rest.
+func TestDiskCrashLeftovers(t *testing.T) {
+	root := t.TempDir()
+	s, err := New(root, config.Registry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := &Image{ID: digest.FromString("live"), RepoTags: []string{"docker.io/library/live:1"}}
+	if _, err := s.record(live); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	orphan := filepath.Join(root, "disks", digest.FromString("gone").Encoded()+".erofs")
+	build := filepath.Join(root, "disks", ".build-123", "root")
+	os.MkdirAll(build, 0o700)
+	os.WriteFile(orphan, []byte("x"), 0o600)
+	os.WriteFile(s.diskPath(live.ID), []byte("x"), 0o600)
+	s, err = New(root, config.Registry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ents, _ := os.ReadDir(s.diskDir())
+	if len(ents) != 1 || ents[0].Name() != live.ID.Encoded()+".erofs" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("disks after reopening: %v, want only the live image's", names)
 	}
 }
 

@@ -100,6 +100,7 @@ func (s *Service) Remove(ref string) error {
 	defer s.gcMu.Unlock()
 	var removed *Image
 	var keep []*Image
+	s.pins.mu.Lock() // no Acquire between the check and the commit
 	err := s.db.update(func(all []*Image) ([]*Image, []digest.Digest, error) {
 		removed = find(all, ref)
 		if removed == nil {
@@ -115,6 +116,7 @@ func (s *Service) Remove(ref string) error {
 		}
 		return nil, []digest.Digest{removed.ID}, nil
 	})
+	s.pins.mu.Unlock()
 	if err != nil || removed == nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func Apply(root *os.Root, r io.Reader, opts Options) (Stats, error) {
 	if opts.MaxEntries == 0 {
 		opts.MaxEntries = 1_000_000
 	}
-	a := &applier{root: root, opts: opts, added: map[string]bool{}}
+	a := &applier{root: root, opts: opts, added: map[string]bool{}, holds: map[string]bool{}}
 	tr := tar.NewReader(r)
 	type dirTime struct {
 		name  string
@@ -115,9 +115,18 @@ type applier struct {
 	opts  Options
 	total int64
 	stats Stats
-	// added are the paths this layer created: an opaque marker clears only
-	// what lower layers had.
+	// added are the paths this layer created and holds the directories
+	// above them: an opaque marker clears only what lower layers had.
 	added map[string]bool
+	holds map[string]bool
+}
+
+// add records a path this layer creates.
+func (a *applier) add(name string) {
+	a.added[name] = true
+	for d := path.Dir(name); d != "." && !a.holds[d]; d = path.Dir(d) {
+		a.holds[d] = true
+	}
 }
 
 func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
@@ -130,7 +139,13 @@ func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 		return a.opaque(dir)
 	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		target := path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix))
+		// ".wh.", ".wh.." and ".wh..." would name the directory itself or
+		// its parent.
+		wname := strings.TrimPrefix(base, whiteoutPrefix)
+		if wname == "" || wname == "." || wname == ".." {
+			return fmt.Errorf("%w: malformed whiteout %q", ErrUnsafeLayer, name)
+		}
+		target := path.Join(dir, wname)
 		if err := a.checkParent(target); err != nil {
 			return err
 		}
@@ -154,7 +169,7 @@ func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return unsafe(err)
 	}
-	a.added[name] = true
+	a.add(name)
 
 	switch h.Typeflag {
 	case tar.TypeDir:
@@ -225,6 +240,9 @@ func (a *applier) checkParent(name string) error {
 	return nil
 }
 
+// opaque clears what lower layers put in dir: every entry except those this
+// layer added, and the directories holding them (whose own lower content
+// goes too).
 func (a *applier) opaque(dir string) error {
 	f, err := a.root.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -240,14 +258,20 @@ func (a *applier) opaque(dir string) error {
 	}
 	for _, n := range names {
 		p := path.Join(dir, n)
-		if dir == "." {
-			p = n
-		}
-		if a.added[p] {
+		if !a.added[p] && !a.holds[p] {
+			if err := a.root.RemoveAll(p); err != nil {
+				return unsafe(err)
+			}
 			continue
 		}
-		if err := a.root.RemoveAll(p); err != nil {
+		fi, err := a.root.Lstat(p)
+		if err != nil {
 			return unsafe(err)
+		}
+		if fi.IsDir() {
+			if err := a.opaque(p); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -147,6 +147,11 @@ func TestHostileLayers(t *testing.T) {
 			{name: "l/.wh.secret"},
 		}}, true},
 		{"whiteout with dot-dot", [][]entry{{{name: "../outside/.wh.secret"}}}, true},
+		// Names that would white out the directory itself or its parent.
+		{"whiteout of the directory itself", [][]entry{{{name: "d/f", data: "x"}, {name: "d/.wh."}}}, true},
+		{"whiteout named dot", [][]entry{{{name: "d/f", data: "x"}, {name: "d/.wh.."}}}, true},
+		{"whiteout named dot-dot", [][]entry{{{name: "d/e/f", data: "x"}, {name: "d/e/.wh..."}}}, true},
+		{"top-level whiteout named dot-dot", [][]entry{{{name: ".wh..."}}}, true},
 		{"opaque through symlink", [][]entry{{
 			{name: "l", typ: tar.TypeSymlink, link: "../outside"},
 			{name: "l/.wh..wh..opq"},
@@ -204,6 +209,8 @@ func TestLayerSemantics(t *testing.T) {
 		entry{name: "etc/gone", data: "lower"},
 		entry{name: "opq/", typ: tar.TypeDir, mode: 0o755},
 		entry{name: "opq/lower", data: "lower"},
+		entry{name: "opq/sub/lower", data: "lower"},
+		entry{name: "opq/merged/lower", data: "lower"},
 		entry{name: "bin/su", data: "su", mode: 0o4755, uid: 0, gid: 0},
 		entry{name: "home/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
 		entry{name: "home/app/f", data: "mine", uid: 1000, gid: 1000, mode: 0o600},
@@ -213,8 +220,14 @@ func TestLayerSemantics(t *testing.T) {
 	))
 	must(s.apply(
 		entry{name: "etc/.wh.gone"},
-		entry{name: "opq/.wh..wh..opq"},
 		entry{name: "opq/upper", data: "upper"},
+		// Added before the marker, under a parent made implicitly and under
+		// a directory merged with the lower one: both stay, the lower
+		// entries next to them go.
+		entry{name: "opq/sub/new", data: "new"},
+		entry{name: "opq/merged/", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "opq/.wh..wh..opq"},
+		entry{name: "opq/merged/new", data: "new"},
 		entry{name: "etc/link", typ: tar.TypeSymlink, link: "/etc/keep"},
 		entry{name: "etc/hard", typ: tar.TypeLink, link: "etc/keep"},
 		entry{name: "file-then-dir/", typ: tar.TypeDir, mode: 0o755},
@@ -237,6 +250,10 @@ func TestLayerSemantics(t *testing.T) {
 	check("etc/gone", "")
 	check("opq/lower", "")
 	check("opq/upper", "upper")
+	check("opq/sub/new", "new")
+	check("opq/sub/lower", "")
+	check("opq/merged/new", "new")
+	check("opq/merged/lower", "")
 	check("file-then-dir/inner", "in")
 	check("etc/hard", "lower")
 	if l, _ := os.Readlink(filepath.Join(s.target, "etc/link")); l != "/etc/keep" {
