@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -57,10 +59,30 @@ func (s *Service) Import(ctx context.Context, path string, tags []string) ([]*Im
 	if _, err := unpack.Apply(root, f, unpack.Options{MaxTotalBytes: maxArchiveBytes}); err != nil {
 		return nil, fmt.Errorf("unpack %s: %w", path, err)
 	}
+	// The layout is then read by path, outside the os.Root: it must hold
+	// nothing that points elsewhere.
+	if err := onlyFilesAndDirs(tmp); err != nil {
+		return nil, fmt.Errorf("unpack %s: %w", path, err)
+	}
 	if _, err := os.Stat(filepath.Join(tmp, "index.json")); err != nil {
 		return nil, fmt.Errorf("%s is neither a docker save archive nor an OCI layout: %w", path, errors.Join(ErrInvalidReference, err))
 	}
 	return s.importLayout(tmp, tags)
+}
+
+// onlyFilesAndDirs refuses symlinks (and anything else but regular files
+// and directories) in an unpacked OCI layout, which needs none.
+func onlyFilesAndDirs(dir string) error {
+	return filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !e.Type().IsRegular() && !e.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			return fmt.Errorf("%w: %s is a %v, not a file or directory", unpack.ErrUnsafeLayer, rel, e.Type())
+		}
+		return nil
+	})
 }
 
 // isDockerArchive reports whether a tar has docker save's manifest.json.
@@ -125,7 +147,9 @@ func (s *Service) importLayout(dir string, tags []string) ([]*Image, error) {
 		names := append([]string{}, tags...)
 		if n := d.Annotations["io.containerd.image.name"]; n != "" {
 			names = append(names, n)
-		} else if n := d.Annotations["org.opencontainers.image.ref.name"]; n != "" {
+		} else if n := d.Annotations["org.opencontainers.image.ref.name"]; strings.ContainsAny(n, "/:") {
+			// Often only a tag ("latest", as skopeo writes it), which
+			// names no repository; only a full reference is a name.
 			names = append(names, n)
 		}
 		var img v1.Image
@@ -171,22 +195,25 @@ func platformImage(idx v1.ImageIndex) (v1.Image, error) {
 	return nil, fmt.Errorf("index has no %s/%s image", platform.OS, platform.Architecture)
 }
 
-// importImage stores an image and names it; names that do not parse are
-// refused.
+// importImage names an image and stores it. The names are checked first:
+// an image refused for want of a name leaves no blobs behind.
 func (s *Service) importImage(img v1.Image, names []string) (*Image, error) {
-	rec, err := s.storeImage(img)
-	if err != nil {
-		return nil, err
-	}
+	var tags []string
 	for _, n := range names {
 		named, err := Normalize(n)
 		if err != nil {
 			return nil, err
 		}
-		rec.RepoTags = union(rec.RepoTags, []string{named.String()})
+		tags = union(tags, []string{named.String()})
 	}
-	if len(rec.RepoTags) == 0 {
-		return nil, fmt.Errorf("%w: image %s has no name in the archive; give one with a tag", ErrInvalidReference, rec.ID)
+	if len(tags) == 0 {
+		id, _ := img.ConfigName()
+		return nil, fmt.Errorf("%w: image %s has no name in the archive; give one with a tag", ErrInvalidReference, id)
 	}
+	rec, err := s.storeImage(img)
+	if err != nil {
+		return nil, err
+	}
+	rec.RepoTags = tags
 	return s.record(rec)
 }
