@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -224,25 +225,45 @@ func TestDiskCrashLeftovers(t *testing.T) {
 // of the tree fails to build, and nothing is written outside.
 func TestHostileImageDisk(t *testing.T) {
 	r := imagetest.StartRegistry(t, "", "")
-	evil := tarLayer(t,
+	// A symlink out of the tree is followed inside it, as in the container.
+	escape := tarLayer(t,
 		&tar.Header{Name: "escape", Typeflag: tar.TypeSymlink, Linkname: "../../../../../../tmp"},
 		file("escape/hyperlet-pwned", "x", 0, 0o644),
 	)
-	img, _ := mutate.AppendLayers(empty.Image, evil)
-	r.Push(t, "hyperlet/evil:1", img)
+	// A .. name is refused: the image gets no disk.
+	traversal := tarLayer(t, file("../../../../../../tmp/hyperlet-pwned2", "x", 0, 0o644))
+	img1, _ := mutate.AppendLayers(empty.Image, escape)
+	img2, _ := mutate.AppendLayers(empty.Image, traversal)
+	r.Push(t, "hyperlet/escape:1", img1)
+	r.Push(t, "hyperlet/traversal:1", img2)
 	s := newService(t, mirrorConfig(r))
-	pulled, err := s.Pull(context.Background(), "registry.test/hyperlet/evil:1", nil)
+	ctx := context.Background()
+	p1, err := s.Pull(ctx, "registry.test/hyperlet/escape:1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.Disk(context.Background(), pulled.ID.String())
-	if !errors.Is(err, unpack.ErrUnsafeLayer) {
-		t.Errorf("hostile image disk: %v", err)
+	if _, err := s.Disk(ctx, p1.ID.String()); err != nil {
+		t.Errorf("contained symlink: %v", err)
 	}
-	if _, err := os.Stat("/tmp/hyperlet-pwned"); !os.IsNotExist(err) {
-		t.Errorf("hostile layer wrote /tmp/hyperlet-pwned")
+	p2, err := s.Pull(ctx, "registry.test/hyperlet/traversal:1", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if ents, _ := os.ReadDir(s.diskDir()); len(ents) != 0 {
-		t.Errorf("failed build left %v", ents)
+	if _, err := s.Disk(ctx, p2.ID.String()); !errors.Is(err, unpack.ErrUnsafeLayer) {
+		t.Errorf("traversal image disk: %v", err)
+	}
+	for _, f := range []string{"/tmp/hyperlet-pwned", "/tmp/hyperlet-pwned2"} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("hostile layer wrote %s", f)
+		}
+	}
+	if _, err := os.Stat(s.diskPath(p2.ID)); !os.IsNotExist(err) {
+		t.Errorf("failed build left a disk: %v", err)
+	}
+	ents, _ := os.ReadDir(s.diskDir())
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".build-") {
+			t.Errorf("failed build left %s", e.Name())
+		}
 	}
 }

@@ -14,9 +14,11 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,10 +133,11 @@ func (a *applier) add(name string) {
 
 func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 	dir, base := path.Split(name)
-	dir = strings.TrimSuffix(dir, "/")
-	if dir == "" {
-		dir = "."
+	dir, err := a.resolve(strings.TrimSuffix(dir, "/"))
+	if err != nil {
+		return err
 	}
+	name = path.Join(dir, base)
 	if base == opaqueMarker {
 		return a.opaque(dir)
 	}
@@ -195,6 +198,11 @@ func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 		if target == "." {
 			return fmt.Errorf("%w: hardlink to the root", ErrUnsafeLayer)
 		}
+		tdir, tbase := path.Split(target)
+		if tdir, err = a.resolve(strings.TrimSuffix(tdir, "/")); err != nil {
+			return err
+		}
+		target = path.Join(tdir, tbase)
 		// os.Root refuses a target that resolves outside, also through
 		// symlinked parents; a symlink target itself is linked, not followed.
 		if err := a.root.Link(target, name); err != nil {
@@ -226,6 +234,26 @@ func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 		a.root.Chtimes(name, h.ModTime, h.ModTime)
 	}
 	return nil
+}
+
+// resolve follows the symlinks in a layer-relative directory path the way
+// the container will see them: inside the root, so an absolute link such as
+// var/run -> /run leads to <root>/run, never out of it
+// (filepath-securejoin, as runc uses). os.Root stays the second line of
+// defence for every operation on the result.
+func (a *applier) resolve(dir string) (string, error) {
+	if dir == "" || dir == "." {
+		return ".", nil
+	}
+	full, err := securejoin.SecureJoin(a.root.Name(), dir)
+	if err != nil {
+		return "", fmt.Errorf("%w: resolve %q: %v", ErrUnsafeLayer, dir, err)
+	}
+	rel, err := filepath.Rel(a.root.Name(), full)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("%w: %q resolves outside the root", ErrUnsafeLayer, dir)
+	}
+	return filepath.ToSlash(rel), nil
 }
 
 // checkParent makes sure a whiteout's parent resolves inside the root.
