@@ -83,6 +83,10 @@ cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
 failCgroupV1: false
+makeIPTablesUtilChains: false
+runtimeRequestTimeout: 5m
+address: 127.0.0.1
+healthzBindAddress: 127.0.0.1
 authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 port: 10290
@@ -96,6 +100,8 @@ evictionHard: {}
 	os.WriteFile(cfgFile, []byte(cfg), 0o644)
 	var klog lockedWriter
 	klog.b = &strings.Builder{}
+	before := kubeChains()
+	t.Cleanup(func() { removeKubeChains(before) })
 	cmd := exec.Command(kubelet, "--config", cfgFile, "--root-dir", rootDir, "--hostname-override", kubeletNode, "-v", "2")
 	cmd.Stdout, cmd.Stderr = &klog, &klog
 	if err := cmd.Start(); err != nil {
@@ -209,5 +215,37 @@ evictionHard: {}
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), d.state) {
 		t.Errorf("mounts left under %s", d.state)
+	}
+}
+
+// kubeChains lists kubelet's iptables chains ("iptables TABLE CHAIN").
+func kubeChains() map[string]bool {
+	out := map[string]bool{}
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"filter", "nat", "mangle"} {
+			b, _ := exec.Command(bin, "-t", table, "-S").Output()
+			for _, line := range strings.Split(string(b), "\n") {
+				if c, ok := strings.CutPrefix(line, "-N KUBE-"); ok {
+					out[bin+" "+table+" KUBE-"+c] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// removeKubeChains deletes the chains kubelet added during the test (its
+// canary and firewall chains), so the host is left as it was.
+func removeKubeChains(before map[string]bool) {
+	for c := range kubeChains() {
+		if before[c] {
+			continue
+		}
+		f := strings.Fields(c)
+		for _, parent := range []string{"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"} {
+			exec.Command(f[0], "-t", f[1], "-D", parent, "-j", f[2]).Run()
+		}
+		exec.Command(f[0], "-t", f[1], "-F", f[2]).Run()
+		exec.Command(f[0], "-t", f[1], "-X", f[2]).Run()
 	}
 }
