@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -326,7 +328,7 @@ func (c *containers) remove(t *procTable, id string) error {
 }
 
 func runRunc(args ...string) ([]byte, error) {
-	cmd := execCommand(agentapi.RuncPath, append([]string{"--root", runcRoot}, args...)...)
+	cmd := exec.Command(agentapi.RuncPath, append([]string{"--root", runcRoot}, args...)...)
 	return cmd.CombinedOutput()
 }
 
@@ -382,22 +384,17 @@ func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
 		return status.Errorf(codes.Internal, "open image: %v", err)
 	}
 	defer root.Close()
-	var u *user.ExecUser
-	var uerr error
-	reread(root, func(passwd, group io.Reader) {
-		u, uerr = user.GetExecUser(userSpec, &user.ExecUser{Home: "/"}, passwd, group)
-	})
-	if uerr != nil {
-		return status.Errorf(codes.InvalidArgument, "user %q: %v", userSpec, uerr)
+	passwd, group := imageFile(root, "etc/passwd"), imageFile(root, "etc/group")
+	u, err := user.GetExecUser(userSpec, &user.ExecUser{Home: "/"}, passwd(), group())
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "user %q: %v", userSpec, err)
 	}
 	// An explicit group does not drop the user's groups from /etc/group
 	// (Kubernetes' default Merge policy): look them up by user alone.
 	if name, _, ok := strings.Cut(userSpec, ":"); ok {
-		reread(root, func(passwd, group io.Reader) {
-			if alone, err := user.GetExecUser(name, &user.ExecUser{}, passwd, group); err == nil {
-				u.Sgids = append(u.Sgids, alone.Sgids...)
-			}
-		})
+		if alone, err := user.GetExecUser(name, &user.ExecUser{}, passwd(), group()); err == nil {
+			u.Sgids = append(u.Sgids, alone.Sgids...)
+		}
 	}
 	add := spec.Process.User.AdditionalGids
 	spec.Process.User = specs.User{UID: uint32(u.Uid), GID: uint32(u.Gid)}
@@ -415,18 +412,23 @@ func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
 	return nil
 }
 
-// reread opens the image's passwd and group files for fn.
-func reread(root *os.Root, fn func(passwd, group io.Reader)) {
-	var passwd, group io.Reader
-	if f, err := root.Open("etc/passwd"); err == nil {
-		defer f.Close()
-		passwd = io.LimitReader(f, 4<<20)
+// imageFile reads a file of the image once (at most 4 MiB) and returns a
+// function giving a fresh reader over it, or nil when the file is missing.
+func imageFile(root *os.Root, name string) func() io.Reader {
+	var b []byte
+	if f, err := root.Open(name); err == nil {
+		b, err = io.ReadAll(io.LimitReader(f, 4<<20))
+		f.Close()
+		if err != nil {
+			b = nil
+		}
 	}
-	if f, err := root.Open("etc/group"); err == nil {
-		defer f.Close()
-		group = io.LimitReader(f, 4<<20)
+	return func() io.Reader {
+		if b == nil {
+			return nil
+		}
+		return bytes.NewReader(b)
 	}
-	fn(passwd, group)
 }
 
 func intsToU32(in []int) []uint32 {

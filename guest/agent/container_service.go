@@ -29,18 +29,17 @@ func (s *service) CreateContainer(ctx context.Context, req *agentapi.CreateConta
 
 func (s *service) StartContainer(ctx context.Context, req *agentapi.StartContainerRequest) (*agentapi.StartProcessResponse, error) {
 	p, err := s.ctrs.start(s.procs, req)
-	if err != nil {
-		return nil, err
-	}
-	pid, err := s.waitStarted(ctx, p)
-	if err != nil {
-		return nil, err
-	}
-	return &agentapi.StartProcessResponse{Pid: uint32(pid)}, nil
+	return s.started(ctx, p, err)
 }
 
 func (s *service) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequest) (*agentapi.StartProcessResponse, error) {
 	p, err := s.ctrs.exec(s.procs, req)
+	return s.started(ctx, p, err)
+}
+
+// started answers a runc start: the container process's pid once runc has
+// started it.
+func (s *service) started(ctx context.Context, p *process, err error) (*agentapi.StartProcessResponse, error) {
 	if err != nil {
 		return nil, err
 	}

@@ -86,8 +86,6 @@ func powerOff() {
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
 
-var signalNotify = signal.Notify
-
 func fatal(err error) {
 	klog.ErrorS(err, "hyperlet-agent: fatal")
 	klog.Flush()

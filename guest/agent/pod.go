@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -14,8 +15,6 @@ import (
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
-
-func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
 
 // setupPod applies the pod's identity to the VM.
 func (c *containers) setupPod(req *agentapi.SetupPodRequest) error {
@@ -99,7 +98,7 @@ func writeFileAtomic(name string, b []byte, mode os.FileMode) error {
 // reparented to it and otherwise sleeps.
 func pause() {
 	ch := make(chan os.Signal, 8)
-	signalNotify(ch, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT)
+	signal.Notify(ch, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT)
 	for sig := range ch {
 		if sig != unix.SIGCHLD {
 			os.Exit(0)

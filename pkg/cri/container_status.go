@@ -27,10 +27,6 @@ func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerSt
 func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 	cfg := c.Config()
 	st := c.Status()
-	var mounts []*runtimeapi.Mount
-	for _, m := range cfg.GetMounts() {
-		mounts = append(mounts, m)
-	}
 	out := &runtimeapi.ContainerStatus{
 		Id:          st.ID,
 		Metadata:    cfg.GetMetadata(),
@@ -46,7 +42,7 @@ func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 		Message:     st.Message,
 		Labels:      cfg.GetLabels(),
 		Annotations: cfg.GetAnnotations(),
-		Mounts:      mounts,
+		Mounts:      cfg.GetMounts(),
 		LogPath:     st.LogPath,
 	}
 	if r := cfg.GetLinux().GetResources(); r != nil {

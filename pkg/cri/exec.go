@@ -25,12 +25,5 @@ func (s *Service) requireRunning(id string) error {
 	if s.streamer == nil {
 		return fmt.Errorf("streaming server: %w", errUnavailable)
 	}
-	c, err := s.runtime.Container(id)
-	if err != nil {
-		return err
-	}
-	if st := c.Status().State; st != runtimeapi.ContainerState_CONTAINER_RUNNING {
-		return fmt.Errorf("container %s is %s, not running: %w", id, st, errUnavailable)
-	}
-	return nil
+	return s.runtime.Running(id)
 }

@@ -26,6 +26,7 @@ type Runtime interface {
 	RemoveContainer(ctx context.Context, id string) error
 	Container(id string) (*sandbox.Container, error)
 	Containers() []*sandbox.Container
+	Running(id string) error
 	ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*sandbox.ExecResult, error)
 	UpdateResources(ctx context.Context, id string, r *runtimeapi.LinuxContainerResources) error
 	ReopenLog(id string) error

@@ -266,14 +266,10 @@ func (m *Manager) monitor(c *Container, proc *agent.Process, log *crilog.File, r
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var w interface {
-				Write([]byte) (int, error)
-				Close() error
-			} = discard{}
+			w := teeCloser{attached: c.outs[s]}
 			if log != nil {
-				w = log.Stream(map[agentapi.Stream]string{agentapi.Stream_STDOUT: "stdout", agentapi.Stream_STDERR: "stderr"}[s])
+				w.log = log.Stream(streamNames[s])
 			}
-			w = teeCloser{w, c.outs[s]}
 			var err error
 			if resume {
 				_, err = proc.ResumeOutput(ctx, s, w)
@@ -327,26 +323,29 @@ func (m *Manager) monitor(c *Container, proc *agent.Process, log *crilog.File, r
 	m.event(c, runtime.ContainerEventType_CONTAINER_STOPPED_EVENT)
 }
 
-// teeCloser writes to the log, then to attached clients.
+// streamNames are the CRI log's stream names, by agentapi.Stream.
+var streamNames = [2]string{agentapi.Stream_STDOUT: "stdout", agentapi.Stream_STDERR: "stderr"}
+
+// teeCloser writes to attached clients and to the log, if there is one.
 type teeCloser struct {
-	log interface {
-		Write([]byte) (int, error)
-		Close() error
-	}
+	log      io.WriteCloser
 	attached io.Writer
 }
 
 func (t teeCloser) Write(p []byte) (int, error) {
 	t.attached.Write(p)
+	if t.log == nil {
+		return len(p), nil
+	}
 	return t.log.Write(p)
 }
 
-func (t teeCloser) Close() error { return t.log.Close() }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-func (discard) Close() error                { return nil }
+func (t teeCloser) Close() error {
+	if t.log == nil {
+		return nil
+	}
+	return t.log.Close()
+}
 
 // StopContainer signals a running container (SIGTERM, then SIGKILL after
 // timeout seconds) and waits for it to exit. Stopping a container that is

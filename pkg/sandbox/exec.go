@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"sync"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+	"github.com/hyperlet/hyperlet/pkg/agent"
 )
 
 // maxExecOutput bounds what ExecSync collects per stream (kubelet's own
@@ -30,22 +33,7 @@ type ExecResult struct {
 // timeout, the command is killed when it runs out and ErrExecTimeout is
 // returned.
 func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout time.Duration) (*ExecResult, error) {
-	if len(cmd) == 0 {
-		return nil, fmt.Errorf("%w: empty command", ErrInvalid)
-	}
-	c, err := m.Container(id)
-	if err != nil {
-		return nil, err
-	}
-	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING {
-		return nil, fmt.Errorf("container %s is %s, not running: %w", id, st, ErrNotReady)
-	}
-	client, err := c.pod.client()
-	if err != nil {
-		return nil, err
-	}
-	execID := "exec-" + newID()[:24]
-	proc, err := client.Exec(ctx, c.ID(), execID, &specs.Process{Args: cmd}, false, 0, 0)
+	proc, err := m.startExec(ctx, id, cmd, false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -57,9 +45,7 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	}
 	var stdout, stderr limitedBuffer
 	stdout.max, stderr.max = maxExecOutput, maxExecOutput
-	errc := make(chan error, 2)
-	go func() { _, err := proc.CopyOutput(ctx, agentapi.Stream_STDOUT, 0, &stdout); errc <- err }()
-	go func() { _, err := proc.CopyOutput(ctx, agentapi.Stream_STDERR, 0, &stderr); errc <- err }()
+	copied := copyOutputs(ctx, proc, &stdout, &stderr, false)
 	st, err := proc.Wait(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -71,10 +57,62 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 		}
 		return nil, err
 	}
-	for range 2 {
-		<-errc
-	}
+	copied.Wait()
 	return &ExecResult{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), ExitCode: st.ExitCode}, nil
+}
+
+// startExec starts cmd in a running container through the agent.
+func (m *Manager) startExec(ctx context.Context, id string, cmd []string, tty, stdin bool) (*agent.Process, error) {
+	if len(cmd) == 0 {
+		return nil, fmt.Errorf("%w: empty command", ErrInvalid)
+	}
+	c, client, err := m.runningContainer(id)
+	if err != nil {
+		return nil, err
+	}
+	return client.Exec(ctx, c.ID(), "exec-"+newID()[:24], &specs.Process{Args: cmd, Terminal: tty}, stdin, 0, 0)
+}
+
+// copyOutputs copies a process's stdout to out and, without a tty, its
+// stderr to errw (nil writers discard); the group is done when both ended.
+func copyOutputs(ctx context.Context, proc *agent.Process, out, errw io.Writer, tty bool) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	copyOut := func(s agentapi.Stream, w io.Writer) {
+		defer wg.Done()
+		if w == nil {
+			w = io.Discard
+		}
+		proc.CopyOutput(ctx, s, 0, w)
+	}
+	wg.Add(1)
+	go copyOut(agentapi.Stream_STDOUT, out)
+	if !tty {
+		wg.Add(1)
+		go copyOut(agentapi.Stream_STDERR, errw)
+	}
+	return &wg
+}
+
+// Running reports whether a container is running in a ready pod, the
+// condition for exec and attach.
+func (m *Manager) Running(id string) error {
+	_, _, err := m.runningContainer(id)
+	return err
+}
+
+func (m *Manager) runningContainer(id string) (*Container, *agent.Client, error) {
+	c, err := m.Container(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING {
+		return nil, nil, fmt.Errorf("container %s is %s, not running: %w", id, st, ErrNotReady)
+	}
+	client, err := c.pod.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, client, nil
 }
 
 // limitedBuffer keeps the first max bytes and drops the rest.

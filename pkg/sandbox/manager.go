@@ -138,24 +138,23 @@ func lookup[T any](all map[string]*T, id, kind string) (*T, error) {
 // Pods lists every pod, oldest first.
 func (m *Manager) Pods() []*Pod {
 	m.mu.Lock()
-	out := make([]*Pod, 0, len(m.pods))
-	for _, p := range m.pods {
-		out = append(out, p)
-	}
-	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].rec.CreatedAt < out[j].rec.CreatedAt })
-	return out
+	defer m.mu.Unlock()
+	return oldestFirst(m.pods, func(p *Pod) int64 { return p.rec.CreatedAt })
 }
 
 // Containers lists every container, oldest first.
 func (m *Manager) Containers() []*Container {
 	m.mu.Lock()
-	out := make([]*Container, 0, len(m.ctrs))
-	for _, c := range m.ctrs {
-		out = append(out, c)
+	defer m.mu.Unlock()
+	return oldestFirst(m.ctrs, func(c *Container) int64 { return c.rec.CreatedAt })
+}
+
+func oldestFirst[T any](all map[string]*T, created func(*T) int64) []*T {
+	out := make([]*T, 0, len(all))
+	for _, v := range all {
+		out = append(out, v)
 	}
-	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].rec.CreatedAt < out[j].rec.CreatedAt })
+	sort.Slice(out, func(i, j int) bool { return created(out[i]) < created(out[j]) })
 	return out
 }
 

@@ -7,8 +7,6 @@ import (
 	"io"
 	"sync"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
@@ -54,21 +52,6 @@ func (f *fanout) add(w io.Writer) (remove func()) {
 	}
 }
 
-func (m *Manager) runningContainer(id string) (*Container, *agent.Client, error) {
-	c, err := m.Container(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING {
-		return nil, nil, fmt.Errorf("container %s is %s, not running: %w", id, st, ErrNotReady)
-	}
-	client, err := c.pod.client()
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, client, nil
-}
-
 func resizeLoop(ctx context.Context, p *agent.Process, resize <-chan remotecommandserver.TerminalSize) {
 	for {
 		select {
@@ -87,15 +70,7 @@ func resizeLoop(ctx context.Context, p *agent.Process, resize <-chan remotecomma
 
 // Exec runs cmd in a container with the client's streams.
 func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	if len(cmd) == 0 {
-		return fmt.Errorf("%w: empty command", ErrInvalid)
-	}
-	c, client, err := m.runningContainer(id)
-	if err != nil {
-		return err
-	}
-	execID := "exec-" + newID()[:24]
-	proc, err := client.Exec(ctx, c.ID(), execID, &specs.Process{Args: cmd, Terminal: tty}, in != nil, 0, 0)
+	proc, err := m.startExec(ctx, id, cmd, tty, in != nil)
 	if err != nil {
 		return err
 	}
@@ -108,25 +83,12 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reade
 	if tty && resize != nil {
 		go resizeLoop(ctx, proc, resize)
 	}
-	var wg sync.WaitGroup
-	copyOut := func(s agentapi.Stream, w io.Writer) {
-		defer wg.Done()
-		if w == nil {
-			w = io.Discard
-		}
-		proc.CopyOutput(ctx, s, 0, w)
-	}
-	wg.Add(1)
-	go copyOut(agentapi.Stream_STDOUT, out)
-	if !tty {
-		wg.Add(1)
-		go copyOut(agentapi.Stream_STDERR, errw)
-	}
+	copied := copyOutputs(ctx, proc, out, errw, tty)
 	st, err := proc.Wait(ctx)
 	if err != nil {
 		return err
 	}
-	wg.Wait()
+	copied.Wait()
 	if st.ExitCode != 0 {
 		return utilexec.CodeExitError{Err: fmt.Errorf("command %q exited with %d", cmd, st.ExitCode), Code: int(st.ExitCode)}
 	}

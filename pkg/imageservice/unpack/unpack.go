@@ -148,10 +148,8 @@ func (a *applier) entry(name string, h *tar.Header, r io.Reader) error {
 		if wname == "" || wname == "." || wname == ".." {
 			return fmt.Errorf("%w: malformed whiteout %q", ErrUnsafeLayer, name)
 		}
+		// dir is already resolved inside the root; os.Root guards the rest.
 		target := path.Join(dir, wname)
-		if err := a.checkParent(target); err != nil {
-			return err
-		}
 		if err := a.root.RemoveAll(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return unsafe(err)
 		}
@@ -254,18 +252,6 @@ func (a *applier) resolve(dir string) (string, error) {
 		return "", fmt.Errorf("%w: %q resolves outside the root", ErrUnsafeLayer, dir)
 	}
 	return filepath.ToSlash(rel), nil
-}
-
-// checkParent makes sure a whiteout's parent resolves inside the root.
-func (a *applier) checkParent(name string) error {
-	dir := path.Dir(name)
-	if dir == "." {
-		return nil
-	}
-	if _, err := a.root.Stat(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return unsafe(err)
-	}
-	return nil
 }
 
 // opaque clears what lower layers put in dir: every entry except those this
