@@ -31,14 +31,26 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 		if err != nil {
 			return status.Errorf(codes.InvalidArgument, "MAC %q: %v", ifc.Mac, err)
 		}
+		// A clone of a VM template finds its NIC under the template's MAC.
+		find := mac
+		if ifc.CurrentMac != "" {
+			if find, err = net.ParseMAC(ifc.CurrentMac); err != nil {
+				return status.Errorf(codes.InvalidArgument, "current MAC %q: %v", ifc.CurrentMac, err)
+			}
+		}
 		var link netlink.Link
 		for _, l := range links {
-			if l.Attrs().HardwareAddr.String() == mac.String() {
+			if a := l.Attrs().HardwareAddr.String(); a == find.String() || a == mac.String() {
 				link = l
 			}
 		}
 		if link == nil {
-			return status.Errorf(codes.NotFound, "no NIC with MAC %s", mac)
+			return status.Errorf(codes.NotFound, "no NIC with MAC %s", find)
+		}
+		if link.Attrs().HardwareAddr.String() != mac.String() {
+			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+				return status.Errorf(codes.Internal, "set MAC of %s: %v", link.Attrs().Name, err)
+			}
 		}
 		if ifc.Mtu > 0 && link.Attrs().MTU != int(ifc.Mtu) {
 			if err := netlink.LinkSetMTU(link, int(ifc.Mtu)); err != nil {

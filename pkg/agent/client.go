@@ -200,6 +200,14 @@ func (c *framedConn) Write(p []byte) (int, error) {
 }
 
 // SetTime sets the guest's wall clock to t.
+// AddEntropy mixes data into the guest's random pool and reseeds its CRNG.
+func (c *Client) AddEntropy(ctx context.Context, data []byte) error {
+	_, err := call(ctx, c, "add entropy", func(s agentapi.AgentService) (*agentapi.Empty, error) {
+		return s.AddEntropy(ctx, &agentapi.AddEntropyRequest{Data: data})
+	})
+	return err
+}
+
 func (c *Client) SetTime(ctx context.Context, t time.Time) error {
 	_, err := call(ctx, c, "set time", func(s agentapi.AgentService) (*agentapi.Empty, error) {
 		return s.SetGuestDateTime(ctx, &agentapi.SetGuestDateTimeRequest{UnixNano: t.UnixNano()})

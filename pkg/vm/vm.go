@@ -55,6 +55,16 @@ type Config struct {
 
 	// Net, if set, gives the VM a NIC on a tap device.
 	Net *NetDevice
+
+	// Memory, if set, backs guest RAM with a file instead of anonymous
+	// memory: shared for a template being built, private for its clones.
+	Memory *MemoryFile `json:",omitempty"`
+	// Restore, if set, is a device state written by Saver.Save: the VM
+	// resumes from it instead of booting. Memory must then be the RAM file
+	// saved with it, mapped private, and every other field must match the
+	// saved VM's except ID, Dir, ConsoleLog, SharedDir's path and the tap.
+	Restore string `json:",omitempty"`
+
 	// Accel must be AccelKVM or AccelTCG; resolve AccelAuto with a probe first.
 	Accel Accel
 }
@@ -74,16 +84,31 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("vm config: %d MiB memory is below 64 MiB", c.MemoryMiB)
 	case c.Accel != AccelKVM && c.Accel != AccelTCG:
 		return fmt.Errorf("vm config: accelerator %q must be resolved to kvm or tcg", c.Accel)
+	case c.Memory != nil && c.Memory.Path == "":
+		return errors.New("vm config: memory file without a path")
+	case c.Restore != "" && (c.Memory == nil || c.Memory.Shared):
+		return errors.New("vm config: restoring needs the saved RAM file, mapped private")
 	}
 	return nil
 }
 
-// Disk is a host file attached to a running VM.
-// NetDevice is a NIC backed by an open tap queue.
+// MemoryFile is a file that holds a VM's RAM.
+type MemoryFile struct {
+	Path string
+	// Shared maps the file shared, so the guest's writes reach it (a
+	// template being built). Otherwise it is mapped private, copy-on-write:
+	// clones of one template share every page none of them wrote.
+	Shared bool
+}
+
+// NetDevice is a NIC backed by an open tap queue. A NIC without a tap is
+// connected to nothing (a template's NIC: its clones get taps).
 type NetDevice struct {
 	Tap *os.File `json:"-"` // only needed to start the VM
 	MAC string
 }
+
+// Disk is a host file attached to a running VM.
 
 type Disk struct {
 	ID       string
@@ -126,6 +151,14 @@ type VM interface {
 	Wait(ctx context.Context) error
 	// Exited is closed once the VM has exited and is cleaned up.
 	Exited() <-chan struct{}
+}
+
+// Saver is a VM whose state can be saved for clones to resume from.
+type Saver interface {
+	// Save pauses the VM for good and writes its device state to path. Its
+	// RAM must be a shared Memory file, which then holds the RAM to go
+	// with the state. The caller stops the VM afterwards.
+	Save(ctx context.Context, path string) error
 }
 
 // ErrNotRunning is returned for operations on a VM that has exited.

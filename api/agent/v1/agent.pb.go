@@ -932,6 +932,51 @@ func (x *RemoveProcessRequest) GetId() string {
 	return ""
 }
 
+type AddEntropyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// data is credited as entropy (8 bits per byte); 32 to 512 bytes.
+	Data          []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddEntropyRequest) Reset() {
+	*x = AddEntropyRequest{}
+	mi := &file_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddEntropyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddEntropyRequest) ProtoMessage() {}
+
+func (x *AddEntropyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddEntropyRequest.ProtoReflect.Descriptor instead.
+func (*AddEntropyRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AddEntropyRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type SetGuestDateTimeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UnixNano      int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
@@ -941,7 +986,7 @@ type SetGuestDateTimeRequest struct {
 
 func (x *SetGuestDateTimeRequest) Reset() {
 	*x = SetGuestDateTimeRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +998,7 @@ func (x *SetGuestDateTimeRequest) String() string {
 func (*SetGuestDateTimeRequest) ProtoMessage() {}
 
 func (x *SetGuestDateTimeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1011,7 @@ func (x *SetGuestDateTimeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetGuestDateTimeRequest.ProtoReflect.Descriptor instead.
 func (*SetGuestDateTimeRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetGuestDateTimeRequest) GetUnixNano() int64 {
@@ -984,7 +1029,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1041,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1054,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 type SetupPodRequest struct {
@@ -1032,7 +1077,7 @@ type SetupPodRequest struct {
 
 func (x *SetupPodRequest) Reset() {
 	*x = SetupPodRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1089,7 @@ func (x *SetupPodRequest) String() string {
 func (*SetupPodRequest) ProtoMessage() {}
 
 func (x *SetupPodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1102,7 @@ func (x *SetupPodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetupPodRequest.ProtoReflect.Descriptor instead.
 func (*SetupPodRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetupPodRequest) GetHostname() string {
@@ -1118,8 +1163,13 @@ func (x *SetupPodRequest) GetRoutes() []*Route {
 
 type Interface struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Mac   string                 `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
-	Mtu   uint32                 `protobuf:"varint,2,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// mac is the address the NIC must have (the pod side's MAC).
+	Mac string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// current_mac, if set, is the address the NIC has now when it differs
+	// from mac: a VM cloned from a template has the template's. The agent
+	// finds the NIC by it and changes the address to mac.
+	CurrentMac string `protobuf:"bytes,4,opt,name=current_mac,json=currentMac,proto3" json:"current_mac,omitempty"`
+	Mtu        uint32 `protobuf:"varint,2,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// addresses in CIDR notation.
 	Addresses     []string `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1128,7 +1178,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1190,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,12 +1203,19 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Interface) GetMac() string {
 	if x != nil {
 		return x.Mac
+	}
+	return ""
+}
+
+func (x *Interface) GetCurrentMac() string {
+	if x != nil {
+		return x.CurrentMac
 	}
 	return ""
 }
@@ -1188,7 +1245,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1257,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1270,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Route) GetDest() string {
@@ -1244,7 +1301,7 @@ type MountImageRequest struct {
 
 func (x *MountImageRequest) Reset() {
 	*x = MountImageRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1313,7 @@ func (x *MountImageRequest) String() string {
 func (*MountImageRequest) ProtoMessage() {}
 
 func (x *MountImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1326,7 @@ func (x *MountImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountImageRequest.ProtoReflect.Descriptor instead.
 func (*MountImageRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MountImageRequest) GetImageId() string {
@@ -1317,7 +1374,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1386,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1399,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateContainerRequest) GetId() string {
@@ -1385,7 +1442,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1454,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1467,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartContainerRequest) GetId() string {
@@ -1458,7 +1515,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1527,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1540,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1539,7 +1596,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1608,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1621,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateContainerRequest) GetId() string {
@@ -1590,7 +1647,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1659,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1672,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveContainerRequest) GetId() string {
@@ -1634,7 +1691,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1703,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1716,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ContainerStatsRequest) GetId() string {
@@ -1687,7 +1744,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1756,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1769,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ContainerStatsResponse) GetCpuUsageNano() uint64 {
@@ -1795,7 +1852,7 @@ type OpenPortRequest struct {
 
 func (x *OpenPortRequest) Reset() {
 	*x = OpenPortRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1864,7 @@ func (x *OpenPortRequest) String() string {
 func (*OpenPortRequest) ProtoMessage() {}
 
 func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1877,7 @@ func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPortRequest.ProtoReflect.Descriptor instead.
 func (*OpenPortRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *OpenPortRequest) GetId() string {
@@ -1897,7 +1954,9 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"oom_killed\x18\x04 \x01(\bR\toomKilled\"&\n" +
 	"\x14RemoveProcessRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
+	"\x11AddEntropyRequest\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"6\n" +
 	"\x17SetGuestDateTimeRequest\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\"\x11\n" +
 	"\x0fShutdownRequest\"\x95\x03\n" +
@@ -1915,9 +1974,11 @@ const file_agent_proto_rawDesc = "" +
 	"\x06routes\x18\b \x03(\v2\x18.hyperlet.agent.v1.RouteR\x06routes\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
 	"\tInterface\x12\x10\n" +
-	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x1f\n" +
+	"\vcurrent_mac\x18\x04 \x01(\tR\n" +
+	"currentMac\x12\x10\n" +
 	"\x03mtu\x18\x02 \x01(\rR\x03mtu\x12\x1c\n" +
 	"\taddresses\x18\x03 \x03(\tR\taddresses\"5\n" +
 	"\x05Route\x12\x12\n" +
@@ -1973,7 +2034,7 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\xc9\r\n" +
+	"\x06STDERR\x10\x012\x97\x0e\n" +
 	"\x05Agent\x12P\n" +
 	"\aVersion\x12!.hyperlet.agent.v1.VersionRequest\x1a\".hyperlet.agent.v1.VersionResponse\x12_\n" +
 	"\fStartProcess\x12&.hyperlet.agent.v1.StartProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12Y\n" +
@@ -1987,7 +2048,9 @@ const file_agent_proto_rawDesc = "" +
 	"\rSignalProcess\x12'.hyperlet.agent.v1.SignalProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12\\\n" +
 	"\vWaitProcess\x12%.hyperlet.agent.v1.WaitProcessRequest\x1a&.hyperlet.agent.v1.WaitProcessResponse\x12R\n" +
 	"\rRemoveProcess\x12'.hyperlet.agent.v1.RemoveProcessRequest\x1a\x18.hyperlet.agent.v1.Empty\x12X\n" +
-	"\x10SetGuestDateTime\x12*.hyperlet.agent.v1.SetGuestDateTimeRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
+	"\x10SetGuestDateTime\x12*.hyperlet.agent.v1.SetGuestDateTimeRequest\x1a\x18.hyperlet.agent.v1.Empty\x12L\n" +
+	"\n" +
+	"AddEntropy\x12$.hyperlet.agent.v1.AddEntropyRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
 	"\bShutdown\x12\".hyperlet.agent.v1.ShutdownRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
 	"\bSetupPod\x12\".hyperlet.agent.v1.SetupPodRequest\x1a\x18.hyperlet.agent.v1.Empty\x12L\n" +
 	"\n" +
@@ -2013,7 +2076,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -2031,27 +2094,28 @@ var file_agent_proto_goTypes = []any{
 	(*WaitProcessRequest)(nil),      // 13: hyperlet.agent.v1.WaitProcessRequest
 	(*WaitProcessResponse)(nil),     // 14: hyperlet.agent.v1.WaitProcessResponse
 	(*RemoveProcessRequest)(nil),    // 15: hyperlet.agent.v1.RemoveProcessRequest
-	(*SetGuestDateTimeRequest)(nil), // 16: hyperlet.agent.v1.SetGuestDateTimeRequest
-	(*ShutdownRequest)(nil),         // 17: hyperlet.agent.v1.ShutdownRequest
-	(*SetupPodRequest)(nil),         // 18: hyperlet.agent.v1.SetupPodRequest
-	(*Interface)(nil),               // 19: hyperlet.agent.v1.Interface
-	(*Route)(nil),                   // 20: hyperlet.agent.v1.Route
-	(*MountImageRequest)(nil),       // 21: hyperlet.agent.v1.MountImageRequest
-	(*CreateContainerRequest)(nil),  // 22: hyperlet.agent.v1.CreateContainerRequest
-	(*StartContainerRequest)(nil),   // 23: hyperlet.agent.v1.StartContainerRequest
-	(*ExecProcessRequest)(nil),      // 24: hyperlet.agent.v1.ExecProcessRequest
-	(*UpdateContainerRequest)(nil),  // 25: hyperlet.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),  // 26: hyperlet.agent.v1.RemoveContainerRequest
-	(*ContainerStatsRequest)(nil),   // 27: hyperlet.agent.v1.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),  // 28: hyperlet.agent.v1.ContainerStatsResponse
-	(*OpenPortRequest)(nil),         // 29: hyperlet.agent.v1.OpenPortRequest
-	nil,                             // 30: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	(*AddEntropyRequest)(nil),       // 16: hyperlet.agent.v1.AddEntropyRequest
+	(*SetGuestDateTimeRequest)(nil), // 17: hyperlet.agent.v1.SetGuestDateTimeRequest
+	(*ShutdownRequest)(nil),         // 18: hyperlet.agent.v1.ShutdownRequest
+	(*SetupPodRequest)(nil),         // 19: hyperlet.agent.v1.SetupPodRequest
+	(*Interface)(nil),               // 20: hyperlet.agent.v1.Interface
+	(*Route)(nil),                   // 21: hyperlet.agent.v1.Route
+	(*MountImageRequest)(nil),       // 22: hyperlet.agent.v1.MountImageRequest
+	(*CreateContainerRequest)(nil),  // 23: hyperlet.agent.v1.CreateContainerRequest
+	(*StartContainerRequest)(nil),   // 24: hyperlet.agent.v1.StartContainerRequest
+	(*ExecProcessRequest)(nil),      // 25: hyperlet.agent.v1.ExecProcessRequest
+	(*UpdateContainerRequest)(nil),  // 26: hyperlet.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),  // 27: hyperlet.agent.v1.RemoveContainerRequest
+	(*ContainerStatsRequest)(nil),   // 28: hyperlet.agent.v1.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),  // 29: hyperlet.agent.v1.ContainerStatsResponse
+	(*OpenPortRequest)(nil),         // 30: hyperlet.agent.v1.OpenPortRequest
+	nil,                             // 31: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	30, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
-	19, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
-	20, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
+	31, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	20, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
+	21, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
 	2,  // 4: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
 	4,  // 5: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
 	6,  // 6: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
@@ -2061,39 +2125,41 @@ var file_agent_proto_depIdxs = []int32{
 	12, // 10: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
 	13, // 11: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
 	15, // 12: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
-	16, // 13: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
-	17, // 14: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
-	18, // 15: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
-	21, // 16: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
-	22, // 17: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
-	23, // 18: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
-	24, // 19: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
-	25, // 20: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
-	26, // 21: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
-	27, // 22: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
-	29, // 23: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
-	3,  // 24: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 25: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 26: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 27: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 28: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 29: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 30: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 31: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 32: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 33: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
-	1,  // 34: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	1,  // 35: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
-	1,  // 36: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
-	1,  // 37: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
-	5,  // 38: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
-	5,  // 39: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	1,  // 40: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
-	1,  // 41: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
-	28, // 42: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
-	1,  // 43: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
-	24, // [24:44] is the sub-list for method output_type
-	4,  // [4:24] is the sub-list for method input_type
+	17, // 13: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
+	16, // 14: hyperlet.agent.v1.Agent.AddEntropy:input_type -> hyperlet.agent.v1.AddEntropyRequest
+	18, // 15: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
+	19, // 16: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
+	22, // 17: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
+	23, // 18: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
+	24, // 19: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
+	25, // 20: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
+	26, // 21: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
+	27, // 22: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
+	28, // 23: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
+	30, // 24: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
+	3,  // 25: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 26: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 27: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 28: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 29: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 30: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 31: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 32: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 33: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 34: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 35: hyperlet.agent.v1.Agent.AddEntropy:output_type -> hyperlet.agent.v1.Empty
+	1,  // 36: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	1,  // 37: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
+	1,  // 38: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
+	1,  // 39: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
+	5,  // 40: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
+	5,  // 41: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	1,  // 42: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
+	1,  // 43: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
+	29, // 44: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	1,  // 45: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
+	25, // [25:46] is the sub-list for method output_type
+	4,  // [4:25] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -2110,7 +2176,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

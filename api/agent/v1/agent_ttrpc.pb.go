@@ -18,6 +18,7 @@ type AgentService interface {
 	WaitProcess(context.Context, *WaitProcessRequest) (*WaitProcessResponse, error)
 	RemoveProcess(context.Context, *RemoveProcessRequest) (*Empty, error)
 	SetGuestDateTime(context.Context, *SetGuestDateTimeRequest) (*Empty, error)
+	AddEntropy(context.Context, *AddEntropyRequest) (*Empty, error)
 	Shutdown(context.Context, *ShutdownRequest) (*Empty, error)
 	SetupPod(context.Context, *SetupPodRequest) (*Empty, error)
 	MountImage(context.Context, *MountImageRequest) (*Empty, error)
@@ -102,6 +103,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.SetGuestDateTime(ctx, &req)
+			},
+			"AddEntropy": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req AddEntropyRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.AddEntropy(ctx, &req)
 			},
 			"Shutdown": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ShutdownRequest
@@ -262,6 +270,14 @@ func (c *agentClient) RemoveProcess(ctx context.Context, req *RemoveProcessReque
 func (c *agentClient) SetGuestDateTime(ctx context.Context, req *SetGuestDateTimeRequest) (*Empty, error) {
 	var resp Empty
 	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "SetGuestDateTime", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) AddEntropy(ctx context.Context, req *AddEntropyRequest) (*Empty, error) {
+	var resp Empty
+	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "AddEntropy", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -30,7 +30,7 @@ const (
 	Port = "io.hyperlet.agent.0"
 
 	// APIRevision is bumped on incompatible changes to this protocol.
-	APIRevision = 2
+	APIRevision = 3
 
 	nonceLen  = 16
 	headerLen = 8

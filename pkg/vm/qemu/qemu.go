@@ -70,6 +70,9 @@ func (d *Driver) args(cfg vm.Config) []string {
 	} else if d.TCGCacheMiB > 0 {
 		accel += ",tb-size=" + strconv.Itoa(d.TCGCacheMiB)
 	}
+	if cfg.Memory != nil {
+		machine += ",memory-backend=mem"
+	}
 	kargs := append(append([]string{}, defaultKernelArgs...), cfg.KernelArgs...)
 	if cfg.Accel == vm.AccelKVM {
 		kargs = append(kargs, "tsc=reliable")
@@ -97,10 +100,27 @@ func (d *Driver) args(cfg vm.Config) []string {
 		"-device", "virtio-rng-device",
 		"-pidfile", filepath.Join(dir, pidFile),
 	}
+	if m := cfg.Memory; m != nil {
+		share := "off"
+		if m.Shared {
+			share = "on"
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s",
+			cfg.MemoryMiB, m.Path, share))
+	}
+	if cfg.Restore != "" {
+		// Wait for migrate-incoming, sent once x-ignore-shared is set.
+		args = append(args, "-incoming", "defer")
+	}
 	if cfg.Net != nil {
-		// The tap queue is the child's fd 3 (the first of ExtraFiles).
+		// The tap queue is the child's fd 3 (the first of ExtraFiles). A
+		// NIC without a tap (a template's) sits alone on a hub.
+		backend := "tap,id=net0,fd=3"
+		if cfg.Net.Tap == nil {
+			backend = "hubport,id=net0,hubid=0"
+		}
 		args = append(args,
-			"-netdev", "tap,id=net0,fd=3",
+			"-netdev", backend,
 			"-device", "virtio-net-device,netdev=net0,mac="+cfg.Net.MAC)
 	}
 	if cfg.SharedDir != "" {
@@ -144,10 +164,7 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	}
 	cmd := exec.Command(bin, d.args(cfg)...)
 	cmd.Stdout, cmd.Stderr = errOut, errOut
-	if cfg.Net != nil {
-		if cfg.Net.Tap == nil {
-			return nil, errors.New("vm config: network without a tap")
-		}
+	if cfg.Net != nil && cfg.Net.Tap != nil {
 		cmd.ExtraFiles = []*os.File{cfg.Net.Tap}
 	}
 	// Its own session: a VM outlives the daemon that started it, and signals
@@ -171,7 +188,91 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 		<-v.exited
 		return nil, fmt.Errorf("vm %s: %w%s", cfg.ID, err, v.stderrSuffix())
 	}
+	if cfg.Restore != "" {
+		if err := v.restore(ctx, cfg.Restore); err != nil {
+			v.Kill()
+			<-v.exited
+			return nil, fmt.Errorf("vm %s: restore: %w%s", cfg.ID, err, v.stderrSuffix())
+		}
+	}
 	return v, nil
+}
+
+// ignoreShared makes migration skip RAM in shared memory files: a template's
+// RAM stays in its file, and the saved state holds only device state.
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+
+// restore loads a saved device state into a VM started with -incoming defer
+// and resumes it.
+func (v *instance) restore(ctx context.Context, state string) error {
+	if _, err := v.execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return err
+	}
+	if _, err := v.execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+		return err
+	}
+	if err := v.waitMigration(ctx); err != nil {
+		return err
+	}
+	// The template was paused when saved, so its clone starts paused.
+	_, err := v.execute(ctx, "cont", nil)
+	return err
+}
+
+// Save pauses the VM and writes its device state to path; see vm.Saver.
+func (v *instance) Save(ctx context.Context, path string) error {
+	if v.cfg.Memory == nil || !v.cfg.Memory.Shared {
+		return fmt.Errorf("save vm %s: its RAM is not a shared memory file", v.cfg.ID)
+	}
+	for _, c := range []struct {
+		cmd  string
+		args any
+	}{
+		{"stop", nil},
+		{"migrate-set-capabilities", ignoreShared},
+		{"migrate", map[string]any{"uri": "exec:cat >" + shellQuote(path)}},
+	} {
+		if _, err := v.execute(ctx, c.cmd, c.args); err != nil {
+			return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
+		}
+	}
+	if err := v.waitMigration(ctx); err != nil {
+		return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
+	}
+	return nil
+}
+
+// waitMigration polls until the migration in either direction completed.
+func (v *instance) waitMigration(ctx context.Context) error {
+	for {
+		raw, err := v.execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return fmt.Errorf("query-migrate: %w", err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migration %s: %w", st.Status, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // instance is one QEMU process, started by this process or attached to
@@ -191,7 +292,10 @@ type instance struct {
 	stderr  string
 }
 
-var _ vm.VM = (*instance)(nil)
+var (
+	_ vm.VM    = (*instance)(nil)
+	_ vm.Saver = (*instance)(nil)
+)
 
 func (v *instance) ID() string          { return v.cfg.ID }
 func (v *instance) PID() int            { return v.pid }

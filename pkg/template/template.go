@@ -1,0 +1,423 @@
+// Package template keeps VM templates: a VM booted once per kernel, initrd,
+// hypervisor and VM shape, paused at agent-ready, its RAM left in a file and
+// its device state saved beside it. New VMs resume from a template instead of
+// booting: they map its RAM file private (copy-on-write, so clones share
+// every page none of them wrote) and load its device state.
+//
+// A template is built in a scratch directory and renamed into place with its
+// description written last, so a half-built template is never used; a
+// restart removes what a crash left. Templates whose inputs changed (a new
+// kernel, initrd or QEMU) are removed when the store opens, and new ones are
+// built on first use.
+package template
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// format is bumped whenever what a template holds, or how VMs resume from
+// it, changes in a way that makes old templates unusable.
+const format = 1
+
+// Files in a template directory.
+const (
+	memoryFile = "memory"
+	stateFile  = "state"
+	metaFile   = "template.json" // written last: its presence means complete
+	vmFile     = "vm.json"       // a build's VM, to kill after a crash
+)
+
+// Hypervisor boots template VMs and takes over one a crashed daemon left.
+type Hypervisor interface {
+	vm.Hypervisor
+	Attach(ctx context.Context, cfg vm.Config) (vm.VM, error)
+}
+
+// Store builds, finds and removes templates under one directory, which
+// should be on a tmpfs: the RAM files live there.
+type Store struct {
+	dir string
+	hv  Hypervisor
+	// ready waits until a booted VM's guest is ready to be frozen.
+	ready func(ctx context.Context, v vm.VM) error
+	// vmDir returns a short directory for a build's VM (socket paths).
+	vmDir  func(id string) string
+	inputs string // digest of the files every template depends on
+
+	builds singleflight.Group
+	mu     sync.Mutex
+	failed map[string]time.Time // key -> last failed build
+}
+
+// Template is a complete template on disk.
+type Template struct {
+	Key    string `json:"key"`
+	Inputs string `json:"inputs"`
+	Format int    `json:"format"`
+	// Memory is the RAM file and State the device state clones load.
+	Memory string `json:"memory"`
+	State  string `json:"state"`
+	// MAC is the template NIC's address; a clone's guest NIC still has it
+	// until the agent changes it.
+	MAC       string        `json:"mac,omitempty"`
+	Built     time.Time     `json:"built"`
+	BuildTime time.Duration `json:"buildTime"`
+}
+
+// Options configures a Store.
+type Options struct {
+	// Dir holds the templates; created if missing.
+	Dir string
+	// Files are the inputs every template depends on (kernel, initrd,
+	// hypervisor binary): their contents are part of each template's key.
+	Files []string
+	// Extra is any other input that shapes a template (driver settings).
+	Extra string
+	// Ready waits until a booted VM's guest is ready to be frozen.
+	Ready func(ctx context.Context, v vm.VM) error
+	// VMDir returns the directory a build's VM runs in.
+	VMDir func(id string) string
+}
+
+// Open opens the store: it removes builds a crash interrupted (killing
+// their VMs) and templates made from other inputs.
+func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("template dir: %w", err)
+	}
+	inputs, err := digestFiles(o.Files, o.Extra)
+	if err != nil {
+		return nil, fmt.Errorf("template inputs: %w", err)
+	}
+	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, failed: map[string]time.Time{}}
+	ents, err := os.ReadDir(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		path := filepath.Join(o.Dir, e.Name())
+		if strings.HasPrefix(e.Name(), ".build-") {
+			s.discardBuild(ctx, path)
+			continue
+		}
+		t, err := readMeta(path)
+		if err != nil || t.Inputs != inputs || t.Format != format {
+			klog.InfoS("removing stale VM template", "dir", path, "err", err)
+			if err := os.RemoveAll(path); err != nil {
+				return nil, fmt.Errorf("remove stale template: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// discardBuild removes an interrupted build and kills its VM if it runs.
+func (s *Store) discardBuild(ctx context.Context, path string) {
+	if b, err := os.ReadFile(filepath.Join(path, vmFile)); err == nil {
+		var cfg vm.Config
+		if json.Unmarshal(b, &cfg) == nil {
+			if v, err := s.hv.Attach(ctx, cfg); err == nil {
+				v.Kill()
+			}
+			os.RemoveAll(cfg.Dir)
+		}
+	}
+	klog.InfoS("removing interrupted VM template build", "dir", path)
+	os.RemoveAll(path)
+}
+
+// Key names the template for a VM configuration: the store's inputs and
+// every setting that shapes the saved VM. IDs, paths and taps do not.
+func (s *Store) Key(cfg vm.Config) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "format=%d\ninputs=%s\nvcpus=%d\nmem=%d\naccel=%s\nnet=%t\nshared=%t\n",
+		format, s.inputs, cfg.VCPUs, cfg.MemoryMiB, cfg.Accel, cfg.Net != nil, cfg.SharedDir != "")
+	for _, a := range cfg.KernelArgs {
+		fmt.Fprintf(h, "karg=%s\n", a)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// Lookup returns the complete template for cfg, if there is one.
+func (s *Store) Lookup(cfg vm.Config) (*Template, bool) {
+	t, err := readMeta(filepath.Join(s.dir, s.Key(cfg)))
+	if err != nil || t.Inputs != s.inputs || t.Format != format {
+		return nil, false
+	}
+	return t, true
+}
+
+// Clone returns cfg set up to resume from t.
+func Clone(cfg vm.Config, t *Template) vm.Config {
+	cfg.Memory = &vm.MemoryFile{Path: t.Memory}
+	cfg.Restore = t.State
+	if cfg.Net != nil {
+		n := *cfg.Net
+		n.MAC = t.MAC
+		cfg.Net = &n
+	}
+	return cfg
+}
+
+// retryAfter keeps a failing build from being retried by every pod.
+const retryAfter = time.Minute
+
+// Ensure returns the template for cfg, building it if there is none. Builds
+// of one template are coalesced.
+func (s *Store) Ensure(ctx context.Context, cfg vm.Config) (*Template, error) {
+	if t, ok := s.Lookup(cfg); ok {
+		return t, nil
+	}
+	key := s.Key(cfg)
+	s.mu.Lock()
+	last, failed := s.failed[key]
+	s.mu.Unlock()
+	if failed && time.Since(last) < retryAfter {
+		return nil, fmt.Errorf("template %s: last build failed %s ago", key[:12], time.Since(last).Round(time.Second))
+	}
+	v, err, _ := s.builds.Do(key, func() (any, error) {
+		if t, ok := s.Lookup(cfg); ok {
+			return t, nil
+		}
+		// Builds outlive the request that asked first: others may wait too.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		t, err := s.build(bctx, key, cfg)
+		s.mu.Lock()
+		if err != nil {
+			s.failed[key] = time.Now()
+		} else {
+			delete(s.failed, key)
+		}
+		s.mu.Unlock()
+		return t, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Template), nil
+}
+
+// Prepare builds the template for cfg in the background if it is missing.
+func (s *Store) Prepare(cfg vm.Config) {
+	if _, ok := s.Lookup(cfg); ok {
+		return
+	}
+	go func() {
+		if _, err := s.Ensure(context.Background(), cfg); err != nil {
+			klog.ErrorS(err, "build VM template")
+		}
+	}()
+}
+
+// build boots a VM on a shared RAM file, waits until it is ready, saves it
+// and renames the result into place.
+func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Template, retErr error) {
+	start := time.Now()
+	suffix := randomHex(4)
+	tmp := filepath.Join(s.dir, ".build-"+suffix)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	t := &Template{Key: key, Inputs: s.inputs, Format: format}
+	id := "tpl-" + suffix
+	cfg.ID = id
+	cfg.Dir = s.vmDir(id)
+	cfg.ConsoleLog = filepath.Join(tmp, "console.log")
+	cfg.Memory = &vm.MemoryFile{Path: filepath.Join(tmp, memoryFile), Shared: true}
+	cfg.Restore = ""
+	if cfg.Net != nil {
+		t.MAC = randomMAC()
+		cfg.Net = &vm.NetDevice{MAC: t.MAC}
+	}
+	if cfg.SharedDir != "" {
+		// The device must exist for clones to have it; the guest mounts
+		// nothing before a pod is set up, so this stays empty.
+		cfg.SharedDir = filepath.Join(tmp, "shared")
+		if err := os.Mkdir(cfg.SharedDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, vmFile), b, 0o600); err != nil {
+		return nil, err
+	}
+	v, err := s.hv.Start(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", key[:12], err)
+	}
+	defer v.Kill()
+	if err := s.ready(ctx, v); err != nil {
+		return nil, fmt.Errorf("template %s: %w", key[:12], err)
+	}
+	saver, ok := v.(vm.Saver)
+	if !ok {
+		return nil, errors.New("hypervisor cannot save VMs")
+	}
+	state := filepath.Join(tmp, stateFile)
+	if err := saver.Save(ctx, state); err != nil {
+		return nil, fmt.Errorf("template %s: %w", key[:12], err)
+	}
+	if err := v.Kill(); err != nil {
+		return nil, err
+	}
+	os.Remove(filepath.Join(tmp, vmFile))
+	os.Remove(cfg.ConsoleLog)
+	os.Remove(cfg.SharedDir)
+	if err := syncFile(state); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(s.dir, key)
+	t.Memory = filepath.Join(final, memoryFile)
+	t.State = filepath.Join(final, stateFile)
+	t.Built = time.Now()
+	t.BuildTime = time.Since(start)
+	if b, err = json.Marshal(t); err != nil {
+		return nil, err
+	}
+	if err := writeFileSync(filepath.Join(tmp, metaFile), b); err != nil {
+		return nil, err
+	}
+	os.RemoveAll(final) // an incomplete leftover under the final name
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, err
+	}
+	klog.InfoS("VM template built", "key", key[:12], "vcpus", cfg.VCPUs, "memoryMiB", cfg.MemoryMiB, "took", t.BuildTime)
+	return t, nil
+}
+
+// Templates lists the complete templates.
+func (s *Store) Templates() []*Template {
+	ents, _ := os.ReadDir(s.dir)
+	var out []*Template
+	for _, e := range ents {
+		if t, err := readMeta(filepath.Join(s.dir, e.Name())); err == nil && t.Inputs == s.inputs {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// ResidentBytes is how much of the templates' RAM files is in memory.
+func (s *Store) ResidentBytes() int64 {
+	var n int64
+	for _, t := range s.Templates() {
+		if st, err := os.Stat(t.Memory); err == nil {
+			n += blocks(st)
+		}
+	}
+	return n
+}
+
+// blocks is the space a file takes (a RAM file is sparse: only pages the
+// guest wrote).
+func blocks(st os.FileInfo) int64 {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Blocks * 512
+	}
+	return st.Size()
+}
+
+func readMeta(dir string) (*Template, error) {
+	b, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if err != nil {
+		return nil, err
+	}
+	var t Template
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("%s: %w", metaFile, err)
+	}
+	if t.Key != filepath.Base(dir) {
+		return nil, fmt.Errorf("%s: key %q in directory %q", metaFile, t.Key, filepath.Base(dir))
+	}
+	return &t, nil
+}
+
+// digestFiles hashes the contents of files and extra.
+func digestFiles(files []string, extra string) (string, error) {
+	h := sha256.New()
+	for _, f := range files {
+		fh, err := os.Open(f)
+		if err != nil {
+			return "", err
+		}
+		n, err := io.Copy(h, fh)
+		fh.Close()
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", f, err)
+		}
+		fmt.Fprintf(h, "\n%s:%d\n", filepath.Base(f), n)
+	}
+	io.WriteString(h, extra)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// randomMAC returns a locally administered unicast address.
+func randomMAC() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	b[0] = b[0]&^1 | 2
+	parts := make([]string, 6)
+	for i, x := range b {
+		parts[i] = strconv.FormatUint(uint64(x)|0x100, 16)[1:]
+	}
+	return strings.Join(parts, ":")
+}
