@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/cri"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
+	"github.com/hyperlet/hyperlet/pkg/template"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
@@ -144,6 +146,25 @@ func serve(o options) error {
 		return accel, accelErr
 	}
 
+	var templates *template.Store
+	if e.cfg.VM.Templates {
+		qemuBin, err := exec.LookPath(e.cfg.VM.QEMU)
+		if err != nil {
+			return fmt.Errorf("vm.qemu: %w", err)
+		}
+		templates, err = template.Open(ctx, e.driver, template.Options{
+			Dir:   e.cfg.VM.TemplateDir,
+			Files: []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd, qemuBin},
+			Extra: fmt.Sprintf("tcg-cache=%d", e.cfg.VM.TCGCacheMiB),
+			Ready: sandbox.AgentReady,
+			VMDir: func(id string) string { return e.vmConfig(id).Dir },
+		})
+		if err != nil {
+			return err
+		}
+		defer templates.Close()
+	}
+
 	network := cni.New(cni.Config{ConfDir: e.cfg.CNI.ConfDir, BinDirs: e.cfg.CNI.BinDirs, CacheDir: filepath.Join(o.root, "cni-cache")})
 	// Pods left by a previous daemon are taken over before serving.
 	pods, err := sandbox.New(ctx, sandbox.Config{
@@ -160,6 +181,8 @@ func serve(o options) error {
 			return currentAccel()
 		},
 		MaxMemoryMiB: e.cfg.VM.MaxMemoryMiB,
+		Templates:    templates,
+		PoolSize:     e.cfg.VM.PoolSize,
 	}, e.driver, images)
 	if err != nil {
 		return err

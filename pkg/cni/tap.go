@@ -20,11 +20,15 @@ type Tap struct {
 	MTU  int
 }
 
-// ConnectTap creates a tap device in the pod's namespace and redirects all
-// traffic between it and the CNI interface both ways (tc ingress + mirred),
-// so the VM's NIC stands in for the CNI interface. The tap is not
-// persistent: it disappears when the last holder of its file (QEMU) exits.
-func ConnectTap(nsPath string) (_ *Tap, retErr error) {
+// ConnectTap connects a tap device in the pod's namespace to the CNI
+// interface: all traffic is redirected between them both ways (tc ingress +
+// mirred), so the VM's NIC stands in for the CNI interface. With hostTap
+// empty a new tap is created there and its queue returned in Tap.File;
+// otherwise hostTap names a tap NewTap made in this namespace for a VM that
+// is already running (a warm VM), which is moved into the pod's namespace.
+// Taps are not persistent: one disappears when the last holder of its queue
+// (QEMU) exits.
+func ConnectTap(nsPath, hostTap string) (_ *Tap, retErr error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -37,6 +41,15 @@ func ConnectTap(nsPath string) (_ *Tap, retErr error) {
 		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
 	}
 	defer target.Close()
+	if hostTap != "" {
+		link, err := netlink.LinkByName(hostTap)
+		if err != nil {
+			return nil, fmt.Errorf("warm VM tap %s: %w", hostTap, err)
+		}
+		if err := netlink.LinkSetNsFd(link, int(target)); err != nil {
+			return nil, fmt.Errorf("move tap %s into pod netns: %w", hostTap, err)
+		}
+	}
 	if err := netns.Set(target); err != nil {
 		return nil, fmt.Errorf("enter netns: %w", err)
 	}
@@ -53,29 +66,42 @@ func ConnectTap(nsPath string) (_ *Tap, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("CNI interface %s: %w", IfName, err)
 	}
-	tap := &netlink.Tuntap{
-		LinkAttrs:  netlink.LinkAttrs{Name: TapName, MTU: eth.Attrs().MTU},
-		Mode:       netlink.TUNTAP_MODE_TAP,
-		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE,
-		Queues:     1,
-		NonPersist: true,
-	}
-	if err := netlink.LinkAdd(tap); err != nil {
-		return nil, fmt.Errorf("create tap: %w", err)
-	}
-	defer func() {
-		if retErr != nil {
-			for _, f := range tap.Fds {
-				f.Close()
-			}
+	var file *os.File
+	if hostTap == "" {
+		tap := &netlink.Tuntap{
+			LinkAttrs:  netlink.LinkAttrs{Name: TapName, MTU: eth.Attrs().MTU},
+			Mode:       netlink.TUNTAP_MODE_TAP,
+			Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE,
+			Queues:     1,
+			NonPersist: true,
 		}
-	}()
-	if err := netlink.LinkSetUp(tap); err != nil {
-		return nil, fmt.Errorf("tap up: %w", err)
+		if err := netlink.LinkAdd(tap); err != nil {
+			return nil, fmt.Errorf("create tap: %w", err)
+		}
+		file = tap.Fds[0]
+		defer func() {
+			if retErr != nil {
+				file.Close()
+			}
+		}()
+	} else {
+		link, err := netlink.LinkByName(hostTap)
+		if err == nil {
+			err = netlink.LinkSetName(link, TapName)
+		}
+		if err == nil {
+			err = netlink.LinkSetMTU(link, eth.Attrs().MTU)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("tap %s in pod netns: %w", hostTap, err)
+		}
 	}
 	tapLink, err := netlink.LinkByName(TapName)
 	if err != nil {
 		return nil, err
+	}
+	if err := netlink.LinkSetUp(tapLink); err != nil {
+		return nil, fmt.Errorf("tap up: %w", err)
 	}
 	if err := redirect(eth, tapLink); err != nil {
 		return nil, err
@@ -83,7 +109,24 @@ func ConnectTap(nsPath string) (_ *Tap, retErr error) {
 	if err := redirect(tapLink, eth); err != nil {
 		return nil, err
 	}
-	return &Tap{File: tap.Fds[0], MAC: eth.Attrs().HardwareAddr.String(), MTU: eth.Attrs().MTU}, nil
+	return &Tap{File: file, MAC: eth.Attrs().HardwareAddr.String(), MTU: eth.Attrs().MTU}, nil
+}
+
+// NewTap creates a tap device in the caller's network namespace for a VM
+// started before its pod exists; ConnectTap later moves it into the pod's.
+// The tap goes away when the last holder of the returned queue closes it.
+func NewTap(name string) (*os.File, error) {
+	tap := &netlink.Tuntap{
+		LinkAttrs:  netlink.LinkAttrs{Name: name},
+		Mode:       netlink.TUNTAP_MODE_TAP,
+		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE,
+		Queues:     1,
+		NonPersist: true,
+	}
+	if err := netlink.LinkAdd(tap); err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", name, err)
+	}
+	return tap.Fds[0], nil
 }
 
 // redirect sends everything arriving on from out of to.

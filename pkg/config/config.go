@@ -99,6 +99,14 @@ type VM struct {
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string `toml:"kernel_args"`
+	// Templates lets pod VMs resume from VM templates (booted once per
+	// kernel, initrd and VM size) instead of booting.
+	Templates bool `toml:"templates"`
+	// TemplateDir holds the templates' RAM files: it should be a tmpfs.
+	TemplateDir string `toml:"template_dir"`
+	// PoolSize is how many warm VMs of the base size are kept ready for
+	// new pods (0 turns the pool off).
+	PoolSize int `toml:"pool_size"`
 }
 
 // Default returns the configuration used where the file is silent.
@@ -114,6 +122,9 @@ func Default() Config {
 		VCPUs:       1,
 		MemoryMiB:   256,
 		TCGCacheMiB: 64,
+		Templates:   true,
+		TemplateDir: "/dev/shm/hyperlet/templates",
+		PoolSize:    1,
 	}}
 }
 
@@ -143,6 +154,12 @@ func (c Config) Validate() error {
 	}
 	if c.VM.MemoryMiB < 64 {
 		return fmt.Errorf("vm.memory_mib: %d is below 64", c.VM.MemoryMiB)
+	}
+	if c.VM.PoolSize < 0 || c.VM.PoolSize > 64 {
+		return fmt.Errorf("vm.pool_size: %d out of range 0-64", c.VM.PoolSize)
+	}
+	if c.VM.Templates && c.VM.TemplateDir == "" {
+		return errors.New("vm.template_dir must be set when vm.templates is on")
 	}
 	if c.VM.Kernel == "" || c.VM.Initrd == "" {
 		return errors.New("vm.kernel and vm.initrd must be set")

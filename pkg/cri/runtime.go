@@ -32,6 +32,7 @@ type Runtime interface {
 	ReopenLog(id string) error
 	ContainerStats(ctx context.Context, id string) (*agent.ContainerStats, error)
 	Subscribe() (<-chan *runtimeapi.ContainerEventResponse, func())
+	VMStatus() sandbox.VMStatus
 	streaming.Runtime
 }
 

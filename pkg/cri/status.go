@@ -2,6 +2,7 @@ package cri
 
 import (
 	"context"
+	"encoding/json"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -9,7 +10,8 @@ import (
 // Status reports RuntimeReady once an accelerator is chosen and usable.
 // NetworkReady is true once a CNI network is configured and its plugins
 // are installed.
-func (s *Service) Status(ctx context.Context, _ *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+// Verbose status adds the VM templates and the warm pool.
+func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
 	runtime := &runtimeapi.RuntimeCondition{Type: runtimeapi.RuntimeReady, Status: true}
 	if s.accel == nil {
 		runtime.Status, runtime.Reason, runtime.Message = false, "NoHypervisor", "no VM driver configured"
@@ -24,7 +26,12 @@ func (s *Service) Status(ctx context.Context, _ *runtimeapi.StatusRequest) (*run
 	} else if err := s.network(); err != nil {
 		network.Status, network.Reason, network.Message = false, "NetworkPluginNotReady", err.Error()
 	}
-	return &runtimeapi.StatusResponse{
+	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
-	}, nil
+	}
+	if r.GetVerbose() && s.runtime != nil {
+		info, _ := json.Marshal(s.runtime.VMStatus())
+		resp.Info = map[string]string{"vms": string(info)}
+	}
+	return resp, nil
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/template"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -51,6 +52,11 @@ type Config struct {
 	SharedRoot string
 	// MaxVCPUs and MaxMemoryMiB bound a pod VM's size.
 	MaxVCPUs, MaxMemoryMiB int
+	// Templates, if set, lets pod VMs resume from VM templates instead of
+	// booting; a missing template is built in the background.
+	Templates *template.Store
+	// PoolSize is how many warm VMs of the base size are kept ready.
+	PoolSize int
 }
 
 // Manager owns every pod VM and container on the node: their records
@@ -62,6 +68,7 @@ type Manager struct {
 	images Images
 	db     *store
 	events events
+	pool   *pool
 
 	mu   sync.Mutex
 	pods map[string]*Pod
@@ -86,12 +93,38 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, images Images) (*Manage
 		db.close()
 		return nil, err
 	}
+	if err := m.recoverPool(ctx); err != nil {
+		db.close()
+		return nil, err
+	}
+	m.pool = newPool(m, cfg.PoolSize)
+	m.pool.refill()
 	return m, nil
 }
 
-// Close releases the database. Pod VMs keep running: a restarted daemon
-// takes them over.
-func (m *Manager) Close() error { return m.db.close() }
+// Close stops the warm VMs and releases the database. Pod VMs keep
+// running: a restarted daemon takes them over.
+func (m *Manager) Close() error {
+	m.pool.close()
+	return m.db.close()
+}
+
+// VMStatus reports the VM templates and the warm pool.
+type VMStatus struct {
+	Templates []*template.Template `json:"templates"`
+	// TemplateBytes is how much of the templates' RAM files is in memory.
+	TemplateBytes int64      `json:"templateBytes"`
+	Pool          PoolStatus `json:"pool"`
+}
+
+// VMStatus reports the VM templates and the warm pool.
+func (m *Manager) VMStatus() VMStatus {
+	st := VMStatus{Pool: m.pool.status()}
+	if ts := m.cfg.Templates; ts != nil {
+		st.Templates, st.TemplateBytes = ts.Templates(), ts.ResidentBytes()
+	}
+	return st
+}
 
 func newID() string {
 	b := make([]byte, 32)

@@ -46,8 +46,9 @@ func cniPod(id string, cfg *runtime.PodSandboxConfig, nsPath string) cni.Pod {
 }
 
 // attachNetwork creates the pod's namespace, runs CNI ADD and prepares the
-// tap the VM's NIC will use. On failure it undoes what it did.
-func (m *Manager) attachNetwork(ctx context.Context, p *Pod) (_ *vm.NetDevice, _ *cni.Result, retErr error) {
+// tap the VM's NIC uses: a new one, or hostTap, a warm VM's. On failure it
+// undoes what it did.
+func (m *Manager) attachNetwork(ctx context.Context, p *Pod, hostTap string) (_ *vm.NetDevice, _ *cni.Result, retErr error) {
 	if m.cfg.Network == nil {
 		return nil, nil, fmt.Errorf("%w: no pod network configured", ErrNotReady)
 	}
@@ -73,7 +74,7 @@ func (m *Manager) attachNetwork(ctx context.Context, p *Pod) (_ *vm.NetDevice, _
 	if err != nil {
 		return nil, nil, err
 	}
-	tap, err := cni.ConnectTap(nsPath)
+	tap, err := cni.ConnectTap(nsPath, hostTap)
 	if err != nil {
 		return nil, nil, err
 	}

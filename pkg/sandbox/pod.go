@@ -31,6 +31,8 @@ type podRecord struct {
 	Images   map[string]vm.DiskAddr `json:"images,omitempty"`
 	NextDisk int                    `json:"nextDisk"`
 	Network  *podNetwork            `json:"network,omitempty"`
+	// Boot says how the VM started: BootCold, BootTemplate or BootPool.
+	Boot string `json:"boot,omitempty"`
 }
 
 // Pod is one pod and its VM.
@@ -56,6 +58,13 @@ func (p *Pod) Snapshot() (state runtime.PodSandboxState, createdAt int64, handle
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.rec.State, p.rec.CreatedAt, p.rec.RuntimeHandler
+}
+
+// Boot says how the pod's VM started: BootCold, BootTemplate or BootPool.
+func (p *Pod) Boot() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rec.Boot
 }
 
 // VMPID is the pid of the pod's hypervisor process, 0 when stopped.
@@ -157,28 +166,59 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	vc.ConsoleLog = filepath.Join(p.dir(), "console.log")
 	vc.SharedDir = filepath.Join(m.cfg.SharedRoot, id[:16])
 	m.sizeVM(&vc, cfg)
-	p.rec.VM = vc
 	if err := os.MkdirAll(p.dir(), 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(vc.SharedDir, 0o700); err != nil {
+	warm := m.pool.take(vc)
+	if warm != nil {
+		// The warm VM becomes the pod's: its console log moves to the pod.
+		if err := os.Rename(warm.Config.ConsoleLog, vc.ConsoleLog); err != nil {
+			m.pool.discard(warm)
+			os.RemoveAll(p.dir())
+			return nil, fmt.Errorf("adopt warm VM: %w", err)
+		}
+		warm.Config.ConsoleLog = vc.ConsoleLog
+		vc = warm.Config
+		p.rec.Boot = BootPool
+	} else if err := os.MkdirAll(vc.SharedDir, 0o700); err != nil {
 		os.RemoveAll(p.dir())
 		return nil, err
 	}
+	p.rec.VM = vc
 	// The record goes first, so a daemon killed during boot finds the VM
 	// and stops it on restart.
 	if err := p.persist(); err != nil {
+		if warm != nil {
+			m.pool.discard(warm)
+		}
 		os.RemoveAll(p.dir())
 		return nil, fmt.Errorf("persist pod: %w", err)
 	}
+	var (
+		v      vm.VM
+		client *agent.Client
+	)
+	if warm != nil {
+		m.pool.adopted(warm)
+		v, client = warm.vm, warm.client
+	}
 	defer func() {
 		if retErr != nil {
+			if v != nil {
+				client.Close()
+				v.Kill()
+				v.Wait(context.Background())
+			}
 			m.db.delete(podsBucket, id)
 			os.RemoveAll(p.dir())
 			removeShared(vc.SharedDir)
 		}
 	}()
-	nic, netRes, err := m.attachNetwork(ctx, p)
+	var hostTap string
+	if warm != nil {
+		hostTap = warm.Tap
+	}
+	nic, netRes, err := m.attachNetwork(ctx, p, hostTap)
 	if err != nil {
 		return nil, err
 	}
@@ -187,21 +227,22 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			m.detachNetwork(context.Background(), p)
 		}
 	}()
-	vc.Net = nic
-	v, client, err := BootVM(ctx, m.hv, vc)
-	nic.Tap.Close() // QEMU holds its own copy
-	if err != nil {
-		return nil, fmt.Errorf("boot pod VM: %w", err)
-	}
-	defer func() {
-		if retErr != nil {
-			client.Close()
-			v.Kill()
-			v.Wait(context.Background())
+	if warm == nil {
+		vc.Net = nic
+		v, client, vc, p.rec.Boot, err = m.startVM(ctx, vc)
+		nic.Tap.Close() // QEMU holds its own copy
+		if err != nil {
+			v = nil
+			return nil, fmt.Errorf("boot pod VM: %w", err)
 		}
-	}()
+		p.rec.VM = vc
+	}
 	setup := podSetup(cfg, p.rec.Network.IPs)
 	setup.Interfaces, setup.Routes = guestNetwork(nic, netRes)
+	// A clone's or warm VM's NIC has the MAC it started with.
+	if cur := vc.Net.MAC; cur != nic.MAC {
+		setup.Interfaces[0].CurrentMac = cur
+	}
 	if err := client.SetupPod(ctx, setup); err != nil {
 		return nil, fmt.Errorf("set up pod in VM: %w", err)
 	}
@@ -214,7 +255,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	m.pods[id] = p
 	m.mu.Unlock()
 	go p.watchVM(v)
-	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", accel)
+	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", accel, "boot", p.rec.Boot)
 	return p, nil
 }
 

@@ -26,7 +26,7 @@ func openStore(root string) (*store, error) {
 		return nil, fmt.Errorf("open sandbox database: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{podsBucket, containersBucket} {
+		for _, b := range [][]byte{podsBucket, containersBucket, poolBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

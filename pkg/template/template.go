@@ -22,13 +22,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/hyperlet/hyperlet/pkg/vm"
@@ -62,6 +62,8 @@ type Store struct {
 	// vmDir returns a short directory for a build's VM (socket paths).
 	vmDir  func(id string) string
 	inputs string // digest of the files every template depends on
+
+	lock *os.File // flock: one daemon per template directory
 
 	builds singleflight.Group
 	mu     sync.Mutex
@@ -104,17 +106,30 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("template dir: %w", err)
 	}
+	lock, err := os.OpenFile(filepath.Join(o.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("template dir %s is in use by another hyperlet: %w", o.Dir, err)
+	}
 	inputs, err := digestFiles(o.Files, o.Extra)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("template inputs: %w", err)
 	}
-	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, failed: map[string]time.Time{}}
+	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}}
 	ents, err := os.ReadDir(o.Dir)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	for _, e := range ents {
 		path := filepath.Join(o.Dir, e.Name())
+		if e.Name() == ".lock" {
+			continue
+		}
 		if strings.HasPrefix(e.Name(), ".build-") {
 			s.discardBuild(ctx, path)
 			continue
@@ -123,12 +138,17 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 		if err != nil || t.Inputs != inputs || t.Format != format {
 			klog.InfoS("removing stale VM template", "dir", path, "err", err)
 			if err := os.RemoveAll(path); err != nil {
+				lock.Close()
 				return nil, fmt.Errorf("remove stale template: %w", err)
 			}
 		}
 	}
 	return s, nil
 }
+
+// Close releases the directory for another store. Clones keep running:
+// their RAM file stays mapped.
+func (s *Store) Close() error { return s.lock.Close() }
 
 // discardBuild removes an interrupted build and kills its VM if it runs.
 func (s *Store) discardBuild(ctx context.Context, path string) {
@@ -251,7 +271,7 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	cfg.Memory = &vm.MemoryFile{Path: filepath.Join(tmp, memoryFile), Shared: true}
 	cfg.Restore = ""
 	if cfg.Net != nil {
-		t.MAC = randomMAC()
+		t.MAC = vm.RandomMAC()
 		cfg.Net = &vm.NetDevice{MAC: t.MAC}
 	}
 	if cfg.SharedDir != "" {
@@ -408,16 +428,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// randomMAC returns a locally administered unicast address.
-func randomMAC() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	b[0] = b[0]&^1 | 2
-	parts := make([]string, 6)
-	for i, x := range b {
-		parts[i] = strconv.FormatUint(uint64(x)|0x100, 16)[1:]
-	}
-	return strings.Join(parts, ":")
 }

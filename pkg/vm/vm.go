@@ -5,8 +5,10 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 )
 
@@ -106,6 +108,14 @@ type MemoryFile struct {
 type NetDevice struct {
 	Tap *os.File `json:"-"` // only needed to start the VM
 	MAC string
+}
+
+// RandomMAC returns a random locally administered unicast MAC address.
+func RandomMAC() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	b[0] = b[0]&^1 | 2
+	return net.HardwareAddr(b).String()
 }
 
 // Disk is a host file attached to a running VM.

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -77,7 +79,10 @@ type criDaemon struct {
 
 // startCRI starts a registry holding the busybox test image and a hyperlet
 // daemon that mirrors registry.k8s.io to it.
-func startCRI(t *testing.T) *criDaemon {
+// startCRI starts hyperlet with VM templates on (one template directory
+// for the whole test binary, so most pods are clones) and the warm pool off;
+// vmConf adds lines to the [vm] table.
+func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 	t.Helper()
 	requireVM(t)
 	if _, err := os.Stat(prodInitrd()); err != nil {
@@ -90,7 +95,13 @@ func startCRI(t *testing.T) *criDaemon {
 	d := &criDaemon{t: t, dir: dir, socket: filepath.Join(dir, "cri.sock"),
 		root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state"), config: filepath.Join(dir, "config.toml")}
 	cniDir := writeCNIConfig(t, dir)
-	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+	for _, def := range []string{"template_dir = " + strconv.Quote(criTemplates), "pool_size = 0"} {
+		key := strings.Fields(def)[0]
+		if !slices.ContainsFunc(vmConf, func(l string) bool { return strings.Fields(l)[0] == key }) {
+			vmConf = append(vmConf, def)
+		}
+	}
+	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
 		kernel(), prodInitrd(), accel, cniDir, reg.Host)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,16 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
 
+// criTemplates is the VM template directory of every hyperlet the tests
+// start (on tmpfs, like the default): built once, used by later daemons.
+var criTemplates = fmt.Sprintf("/dev/shm/hlt-templates-%d", os.Getpid())
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	os.RemoveAll(criTemplates)
+	os.Exit(code)
+}
+
 // The VM tests need a built kernel and test initrd (`make guest`). They do
 // not skip quietly: without them every test fails, unless
 // HYPERLET_SKIP_VM_TESTS=1 asks for a skip, which is then printed.

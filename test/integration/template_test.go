@@ -114,9 +114,15 @@ func TestTemplateClones(t *testing.T) {
 		t.Fatalf("clones read the same random bytes: %q", randoms)
 	}
 
-	if _, ok := openTemplates(t, dir, "a").Lookup(cfg); !ok {
+	if _, err := template.Open(ctx, driver, template.Options{Dir: dir}); err == nil {
+		t.Fatal("a second store opened a directory in use")
+	}
+	store.Close()
+	s2 := openTemplates(t, dir, "a")
+	if _, ok := s2.Lookup(cfg); !ok {
 		t.Fatal("template gone after reopening the store")
 	}
+	s2.Close()
 	if _, ok := openTemplates(t, dir, "b").Lookup(cfg); ok {
 		t.Fatal("template kept after an input changed")
 	}
