@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit bench-vm demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit bench-vm bench bench-density demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,16 @@ test-unit: ## run the tests that need no VM
 
 bench-vm: deps guest ## benchmark cold boot to agent-ready and host memory per idle VM
 	$(GO) run ./hack/bench-vm -output $(OUT)
+
+BENCH_N ?= 20
+bench: deps guest build ## hyperlet (cold boot, template clone, warm pool) vs containerd+runc, same run; table + chart to docs/bench
+	hack/registry.sh up >/dev/null
+	$(GO) run ./hack/bench -n $(BENCH_N) -out docs/bench
+
+DENSITY ?= 200
+bench-density: deps guest build ## ramp hyperlet up to $(DENSITY) idle pods, check each is Ready and exec-able, tear down
+	hack/registry.sh up >/dev/null
+	$(GO) run ./hack/bench -density $(DENSITY) -out docs/bench
 
 demo: deps guest build ## install, build, set up a pod network and registry, start hyperlet, run demo pods with hyperctl
 	hack/demo.sh

@@ -16,6 +16,7 @@ pkgs=(
 	containernetworking-plugins  # CNI plugins for pod networks (bridge, host-local, portmap...)
 	iptables             # used by the portmap plugin for hostPorts
 	curl                 # scripts wait for the registry and demo pods
+	containerd           # the peer runtime `make bench` measures against (with runc)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -48,6 +48,27 @@ func push(registry string) error {
 		}
 		fmt.Println("pushed", ref)
 	}
+	// A sandbox ("pause") image for runtimes that run one (the benchmark's
+	// containerd peer): a shell that waits for SIGTERM.
+	cf, err := bb.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.Config.Entrypoint = []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"}
+	cf.Config.Cmd = nil
+	pause, err := mutate.ConfigFile(bb, cf)
+	if err != nil {
+		return err
+	}
+	pref, err := name.NewTag(registry+"/hyperlet-test/pause:1", name.Insecure)
+	if err != nil {
+		return err
+	}
+	if err := remote.Write(pref, pause); err != nil {
+		return fmt.Errorf("push %s: %w", pref, err)
+	}
+	fmt.Println("pushed", pref)
 	arm, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{OS: "linux", Architecture: "arm64"})
 	if err != nil {
 		return err

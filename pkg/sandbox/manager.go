@@ -98,8 +98,35 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, images Images) (*Manage
 		return nil, err
 	}
 	m.pool = newPool(m, cfg.PoolSize)
+	if cfg.Templates != nil && cfg.PoolSize == 0 {
+		// The pool builds the base template first; without a pool, build
+		// it now so the first pods are clones too.
+		go func() {
+			base, err := m.baseVM(context.Background(), "template")
+			if err == nil {
+				_, err = cfg.Templates.Ensure(context.Background(), base)
+			}
+			if err != nil {
+				klog.ErrorS(err, "build the base VM template")
+			}
+		}()
+	}
 	m.pool.refill()
 	return m, nil
+}
+
+// baseVM is the configuration of a pod VM of the base size, with a NIC
+// (its tap still missing) and a shared directory.
+func (m *Manager) baseVM(ctx context.Context, id string) (vm.Config, error) {
+	accel, err := m.cfg.Accel(ctx)
+	if err != nil {
+		return vm.Config{}, err
+	}
+	cfg := m.cfg.VM(id)
+	cfg.Accel = accel
+	cfg.SharedDir = filepath.Join(m.cfg.SharedRoot, id)
+	cfg.Net = &vm.NetDevice{MAC: vm.RandomMAC()}
+	return cfg, nil
 }
 
 // Close stops the warm VMs and releases the database. Pod VMs keep

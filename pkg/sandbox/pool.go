@@ -167,15 +167,12 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 	m := pl.m
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	accel, err := m.cfg.Accel(ctx)
+	id := newID()[:16]
+	cfg, err := m.baseVM(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	id := newID()[:16]
-	cfg := m.cfg.VM(id)
-	cfg.Accel = accel
 	cfg.ConsoleLog = filepath.Join(m.cfg.Root, "pool", id+".console")
-	cfg.SharedDir = filepath.Join(m.cfg.SharedRoot, id)
 	w := &warmVM{Tap: "hlw" + id[:12], Config: cfg}
 	if err := os.MkdirAll(filepath.Dir(cfg.ConsoleLog), 0o700); err != nil {
 		return nil, err
@@ -198,7 +195,7 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 		return nil, err
 	}
 	defer tap.Close() // QEMU holds its own copy
-	cfg.Net = &vm.NetDevice{Tap: tap, MAC: vm.RandomMAC()}
+	cfg.Net.Tap = tap
 	if ts := m.cfg.Templates; ts != nil {
 		// Warm VMs are worth most as clones: wait for the template.
 		if _, err := ts.Ensure(ctx, cfg); err != nil {

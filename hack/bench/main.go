@@ -1,0 +1,291 @@
+// Command bench measures hyperlet against containerd+runc in one run: the
+// same CRI workload through both runtimes' sockets, interleaved, on the same
+// CNI network and images from the same local registry. It prints a table of
+// hyperlet/containerd ratios and writes it, with a chart of the pod start
+// latency distribution, to docs/bench/.
+//
+//	go run ./hack/bench [-n 20] [-out docs/bench]   (make bench)
+//	go run ./hack/bench -density 200                (make bench-density)
+//
+// It needs root, the built hyperlet (make build guest), Debian's containerd
+// and runc, and the registry of hack/registry.sh.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+type benchConfig struct {
+	kernel, initrd, accel string
+}
+
+func main() {
+	var (
+		n        = flag.Int("n", 20, "sequential pod starts per runtime and mode")
+		rateN    = flag.Int("rate-pods", 50, "pods started for the creation rate (and the largest memory sample)")
+		clients  = flag.Int("clients", 10, "concurrent clients for the creation rate")
+		poolSize = flag.Int("pool", 2, "warm pool size of the pool mode")
+		density  = flag.Int("density", 0, "instead: ramp hyperlet up to this many idle pods, check them, tear down")
+		out      = flag.String("out", "docs/bench", "where results.md and latency.svg go (empty: nowhere)")
+		work     = flag.String("work", "/tmp/hyperlet-bench", "state of the daemons under test (short: socket paths)")
+		registry = flag.String("registry", "127.0.0.1:5050", "the local registry (hack/registry.sh)")
+		bin      = flag.String("hyperlet", "_output/hyperlet", "hyperlet binary")
+		accel    = flag.String("accel", "auto", "hyperlet's accelerator")
+	)
+	flag.Parse()
+	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel}
+	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize}
+	var err error
+	if *density > 0 {
+		err = b.density(*density, *out)
+	} else {
+		err = b.run(*out)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func abs(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return a
+}
+
+type bench struct {
+	cfg                     benchConfig
+	work, registry, bin     string
+	n, rateN, clients, pool int
+	cniDir, logs            string
+	endpoints               []*endpoint
+}
+
+func (b *bench) setup(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (VMs, network namespaces, containerd)")
+	}
+	os.RemoveAll(b.work)
+	b.cniDir = filepath.Join(b.work, "cni")
+	b.logs = filepath.Join(b.work, "logs")
+	if err := writeCNIConfig(b.cniDir); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (b *bench) teardown() {
+	for _, e := range b.endpoints {
+		e.stop()
+	}
+	exec.Command("ip", "link", "del", "hlbench0").Run()
+}
+
+// pull makes sure the workload image is present, untimed.
+func (b *bench) pull(ctx context.Context, e *endpoint) error {
+	_, err := e.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: busyboxImage}})
+	if err != nil {
+		return fmt.Errorf("%s: pull %s: %w", e.name, busyboxImage, err)
+	}
+	return nil
+}
+
+// series is one row group of the latency measurement.
+type series struct {
+	label    string
+	e        *endpoint
+	starts   []time.Duration
+	sandbox  []time.Duration // RunPodSandbox alone
+	teardown []time.Duration
+}
+
+func (b *bench) run(out string) error {
+	// Interrupted, it still tears down what it started.
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sig, 2*time.Hour)
+	defer cancel()
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	defer b.teardown()
+
+	ctrd, err := startContainerd(ctx, b.work, b.cniDir, b.registry)
+	if err != nil {
+		return err
+	}
+	b.endpoints = append(b.endpoints, ctrd)
+	modes := []hyperletMode{{name: "cold", templates: false}, {name: "template", templates: true}, {name: "pool", templates: true, pool: b.pool}}
+	hl := map[string]*endpoint{}
+	for _, m := range modes {
+		e, err := startHyperlet(ctx, b.bin, b.work, b.cniDir, b.registry, m, b.cfg)
+		if err != nil {
+			return err
+		}
+		b.endpoints = append(b.endpoints, e)
+		hl[m.name] = e
+	}
+	for _, e := range b.endpoints {
+		if err := b.pull(ctx, e); err != nil {
+			return err
+		}
+	}
+	for _, m := range modes {
+		if err := hl[m.name].waitWarm(ctx, m); err != nil {
+			return err
+		}
+	}
+	env := describeEnv(ctx, hl["cold"])
+	fmt.Print(env.header())
+
+	// Pod start and teardown latency: sequential, interleaved round-robin
+	// so slow drifts of the machine hit every runtime alike.
+	all := []*series{{label: "containerd+runc", e: ctrd}, {label: "hyperlet cold boot", e: hl["cold"]},
+		{label: "hyperlet template clone", e: hl["template"]}, {label: "hyperlet warm pool", e: hl["pool"]}}
+	fmt.Printf("pod start latency: %d sequential starts per runtime, interleaved\n", b.n)
+	for i := range b.n {
+		for _, s := range all {
+			p, err := startPod(ctx, s.e, b.logs)
+			if err != nil {
+				return err
+			}
+			d, err := stopPod(ctx, s.e, p)
+			if err != nil {
+				return err
+			}
+			s.starts = append(s.starts, p.total())
+			s.sandbox = append(s.sandbox, p.run)
+			s.teardown = append(s.teardown, d)
+		}
+		fmt.Printf("  round %d/%d done\n", i+1, b.n)
+	}
+	poolInfo := poolCounters(ctx, hl["pool"])
+
+	// Creation rate and memory: containerd and hyperlet with templates
+	// (the default configuration, without the pool's idle VMs).
+	mem := map[string]map[int]float64{}
+	rates := map[string]float64{}
+	bulkTeardown := map[string]time.Duration{}
+	for _, e := range []*endpoint{ctrd, hl["template"], hl["cold"]} {
+		mem[e.name] = map[int]float64{}
+		var pods []*pod
+		for _, target := range []int{1, 10} {
+			more, _, err := startMany(ctx, e, b.logs, target-len(pods), 1)
+			pods = append(pods, more...)
+			if err != nil {
+				return err
+			}
+			if mem[e.name][target], err = settledPSS(ctx, e, pods); err != nil {
+				return err
+			}
+			fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, target, mem[e.name][target])
+		}
+		if _, err := stopMany(ctx, e, pods, b.clients); err != nil {
+			return err
+		}
+		if e == hl["cold"] {
+			continue // 50 cold boots add minutes and no new figure
+		}
+		pods, took, err := startMany(ctx, e, b.logs, b.rateN, b.clients)
+		if err != nil {
+			return err
+		}
+		rates[e.name] = float64(len(pods)) / took.Seconds()
+		fmt.Printf("  %s: %d pods with %d clients in %s (%.2f pods/s)\n", e.name, len(pods), b.clients, took.Round(time.Millisecond), rates[e.name])
+		if mem[e.name][b.rateN], err = settledPSS(ctx, e, pods); err != nil {
+			return err
+		}
+		fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, b.rateN, mem[e.name][b.rateN])
+		if bulkTeardown[e.name], err = stopMany(ctx, e, pods, b.clients); err != nil {
+			return err
+		}
+	}
+	daemons := map[string]float64{}
+	for _, e := range []*endpoint{ctrd, hl["template"]} {
+		kib, _ := pssKiB([]int{e.cmd.Process.Pid})
+		daemons[e.name] = float64(kib) / 1024
+	}
+	tplBytes := templateResident(ctx, hl["template"])
+
+	r := &report{env: env, series: all, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
+		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,
+		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20)}
+	table := r.markdown()
+	fmt.Println()
+	fmt.Print(table)
+	if out != "" {
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(out, "results.md"), []byte(table), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(out, "latency.svg"), []byte(r.svg()), 0o644); err != nil {
+			return err
+		}
+		fmt.Printf("\nwrote %s and %s\n", filepath.Join(out, "results.md"), filepath.Join(out, "latency.svg"))
+	}
+	return nil
+}
+
+// settledPSS waits for idle pods to settle, then samples their PSS.
+func settledPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, error) {
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(10 * time.Second):
+	}
+	return podPSS(ctx, e, pods)
+}
+
+// env describes the machine and the runtimes for the table's header.
+type env struct {
+	when, host, accel, kernel, cpus, mem, qemu, containerd, runc string
+}
+
+func describeEnv(ctx context.Context, hl *endpoint) env {
+	e := env{when: time.Now().UTC().Format("2006-01-02 15:04 MST")}
+	e.host, _ = os.Hostname()
+	if st, err := hl.rs.Status(ctx, &runtimeapi.StatusRequest{}); err == nil {
+		for _, c := range st.Status.Conditions {
+			if c.Type == runtimeapi.RuntimeReady {
+				e.accel = strings.TrimPrefix(c.Message, "pod VMs run under ")
+			}
+		}
+	}
+	e.kernel = firstLine(exec.Command("uname", "-r"))
+	e.cpus = firstLine(exec.Command("nproc"))
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		e.mem = strings.Join(strings.Fields(strings.SplitN(string(b), "\n", 2)[0])[1:], " ")
+	}
+	e.qemu = firstLine(exec.Command("qemu-system-x86_64", "--version"))
+	e.containerd = firstLine(exec.Command("containerd", "--version"))
+	e.runc = firstLine(exec.Command("runc", "--version"))
+	return e
+}
+
+func (e env) header() string {
+	return fmt.Sprintf("hyperlet benchmark, %s\naccelerator: %s | host kernel %s | %s CPUs | %s RAM\n%s | %s | %s\n\n",
+		e.when, strings.ToUpper(e.accel), e.kernel, e.cpus, e.mem, e.qemu, e.containerd, e.runc)
+}
+
+func firstLine(c *exec.Cmd) string {
+	b, err := c.Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// vmStatus is hyperlet's verbose Status info.
+type vmStatus struct {
+	TemplateBytes int64 `json:"templateBytes"`
+	Pool          struct {
+		Size, Ready, Hits, Misses int
+	} `json:"pool"`
+}
+
+func readVMStatus(ctx context.Context, e *endpoint) vmStatus {
+	var st vmStatus
+	if r, err := e.rs.Status(ctx, &runtimeapi.StatusRequest{Verbose: true}); err == nil {
+		json.Unmarshal([]byte(r.Info["vms"]), &st)
+	}
+	return st
+}
+
+func poolCounters(ctx context.Context, e *endpoint) string {
+	st := readVMStatus(ctx, e)
+	return fmt.Sprintf("%d hits, %d misses", st.Pool.Hits, st.Pool.Misses)
+}
+
+func templateResident(ctx context.Context, e *endpoint) int64 {
+	return readVMStatus(ctx, e).TemplateBytes
+}
+
+type report struct {
+	env             env
+	series          []*series
+	mem             map[string]map[int]float64
+	rates           map[string]float64
+	bulkTeardown    map[string]time.Duration
+	daemons         map[string]float64
+	ctrd, tpl, cold string
+	rateN, clients  int
+	poolInfo        string
+	poolSize        int
+	templateMiB     float64
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	r := a / b
+	if r >= 10 {
+		return fmt.Sprintf("%.0fx", r)
+	}
+	return fmt.Sprintf("%.2fx", r)
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	e := r.env
+	fmt.Fprintf(&b, "# hyperlet vs containerd+runc\n\n")
+	fmt.Fprintf(&b, "Measured %s on %s, **accelerator: %s**. Host kernel %s, %s CPUs, %s RAM. %s; %s; %s.\n\n",
+		e.when, e.host, strings.ToUpper(e.accel), e.kernel, e.cpus, e.mem, e.qemu, e.containerd, e.runc)
+	peer := r.series[0]
+	n := len(peer.starts)
+	fmt.Fprintf(&b, "## Pod start latency\n\nRunPodSandbox + CreateContainer + StartContainer (returns once the process runs), %d sequential starts per row, "+
+		"interleaved round-robin with containerd+runc; each pod is torn down before the next row's start. Milliseconds.\n\n", n)
+	fmt.Fprintf(&b, "| runtime | min | median | p95 | RunPodSandbox median | hyperlet/containerd (median) |\n|---|---:|---:|---:|---:|---:|\n")
+	ps := summarize(peer.starts)
+	for _, s := range r.series {
+		st, sb := summarize(s.starts), summarize(s.sandbox)
+		rat := "1 (peer)"
+		if s != peer {
+			rat = ratio(st.median, ps.median)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f | %s |\n", s.label, st.min, st.median, st.p95, sb.median, rat)
+	}
+	cold, tpl := summarize(r.series[1].sandbox), summarize(r.series[2].sandbox)
+	coldAll, tplAll := summarize(r.series[1].starts), summarize(r.series[2].starts)
+	fmt.Fprintf(&b, "\nTemplate clone vs cold boot (medians): RunPodSandbox %s faster, whole pod start %s faster. Warm pool (size %d): %s.\n\n",
+		ratio(cold.median, tpl.median), ratio(coldAll.median, tplAll.median), r.poolSize, r.poolInfo)
+
+	fmt.Fprintf(&b, "## Teardown latency\n\nStopPodSandbox + RemovePodSandbox of one pod with one running container, milliseconds.\n\n")
+	fmt.Fprintf(&b, "| runtime | min | median | p95 | hyperlet/containerd (median) |\n|---|---:|---:|---:|---:|\n")
+	pt := summarize(peer.teardown)
+	for _, s := range r.series {
+		st := summarize(s.teardown)
+		rat := "1 (peer)"
+		if s != peer {
+			rat = ratio(st.median, pt.median)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %s |\n", s.label, st.min, st.median, st.p95, rat)
+	}
+
+	fmt.Fprintf(&b, "\n## Creation rate\n\n%d pods (sandbox + one container each) started by %d concurrent clients.\n\n", r.rateN, r.clients)
+	fmt.Fprintf(&b, "| runtime | pods/s | teardown of all, s | hyperlet/containerd (pods/s) |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| %s | %.2f | %.1f | 1 (peer) |\n", r.ctrd, r.rates[r.ctrd], r.bulkTeardown[r.ctrd].Seconds())
+	fmt.Fprintf(&b, "| %s | %.2f | %.1f | %s |\n", r.tpl, r.rates[r.tpl], r.bulkTeardown[r.tpl].Seconds(), ratio(r.rates[r.tpl], r.rates[r.ctrd]))
+
+	fmt.Fprintf(&b, "\n## Memory per idle pod\n\nHost PSS (shared pages divided among the processes mapping them) of all of a pod's processes, "+
+		"averaged over the pods, 10 s after the last start. containerd+runc: the pod's shim, pause and container processes; hyperlet: the pod's QEMU. MiB.\n\n")
+	fmt.Fprintf(&b, "| idle pods | %s | %s | %s | template/containerd |\n|---:|---:|---:|---:|---:|\n", r.ctrd, r.tpl, r.cold)
+	for _, k := range []int{1, 10, r.rateN} {
+		c, t, cb := r.mem[r.ctrd][k], r.mem[r.tpl][k], r.mem[r.cold][k]
+		cbs := "-"
+		if cb > 0 {
+			cbs = fmt.Sprintf("%.1f", cb)
+		}
+		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %s | %s |\n", k, c, t, cbs, ratio(t, c))
+	}
+	fmt.Fprintf(&b, "\nNot in the per-pod figures: the runtime daemons (%s %.1f MiB, %s %.1f MiB PSS) and the template RAM files hyperlet keeps on tmpfs "+
+		"(%.1f MiB resident, once per node and VM size; the pages clones map are in their PSS).\n",
+		r.ctrd, r.daemons[r.ctrd], r.tpl, r.daemons[r.tpl], r.templateMiB)
+	fmt.Fprintf(&b, "\nChart: [latency.svg](latency.svg). Reproduce: `make bench` (see docs/performance.md).\n")
+	return b.String()
+}
+
+// svg draws each series' pod start latencies as dots on a log-scale axis,
+// with the median marked.
+func (r *report) svg() string {
+	const (
+		w, left, right, rowH, top = 860, 190, 30, 46, 40
+	)
+	lo, hi := math.Inf(1), 0.0
+	for _, s := range r.series {
+		st := summarize(s.starts)
+		lo, hi = math.Min(lo, st.min), math.Max(hi, st.max)
+	}
+	lo = math.Pow(10, math.Floor(math.Log10(lo)))
+	hi = math.Pow(10, math.Ceil(math.Log10(hi)))
+	h := top + rowH*len(r.series) + 40
+	x := func(ms float64) float64 {
+		return left + (math.Log10(ms)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))*float64(w-left-right)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14">Pod start latency (RunPodSandbox+CreateContainer+StartContainer), %s, ms, log scale</text>`+"\n", left-170, strings.ToUpper(r.env.accel))
+	for d := lo; d <= hi; d *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			v := d * m
+			if v > hi {
+				break
+			}
+			fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`+"\n", x(v), top-8, x(v), h-40)
+			fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%g</text>`+"\n", x(v), h-24, v)
+		}
+	}
+	colors := []string{"#555555", "#c0392b", "#2980b9", "#27ae60"}
+	for i, s := range r.series {
+		y := top + rowH*i + rowH/2
+		st := summarize(s.starts)
+		fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", left-10, y, s.label)
+		for j, v := range st.all {
+			jitter := float64(j%5-2) * 3
+			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s" fill-opacity="0.6"/>`+"\n", x(v), float64(y)+jitter, colors[i%len(colors)])
+		}
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black" stroke-width="2"/>`+"\n", x(st.median), y-14, x(st.median), y+14)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" font-size="10">%.0f</text>`+"\n", x(st.median), y-17, st.median)
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}

@@ -1,0 +1,388 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// endpoint is one CRI runtime under test: a daemon this program started,
+// with its own state directories and socket.
+type endpoint struct {
+	name   string // row label
+	socket string
+	cmd    *exec.Cmd
+	log    *os.File
+	rs     runtimeapi.RuntimeServiceClient
+	is     runtimeapi.ImageServiceClient
+	conn   *grpc.ClientConn
+	// podPIDs returns the host processes of a pod (for PSS).
+	podPIDs func(ctx context.Context, podID string) ([]int, error)
+	// cleanup removes what the daemon left (after stop).
+	cleanup func()
+}
+
+// The images both runtimes pull from the local registry through a mirror
+// for docker.io.
+const (
+	busyboxImage = "docker.io/library/busybox:1"
+	pauseImage   = "docker.io/hyperlet-test/pause:1"
+)
+
+// cniConfig is the pod network both runtimes use: one bridge, one subnet,
+// big enough for the density run.
+func writeCNIConfig(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "hyperlet-bench",
+  "plugins": [
+    {"type": "bridge", "bridge": "hlbench0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.66.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}`, filepath.Join(dir, "ipam"))
+	return os.WriteFile(filepath.Join(dir, "10-bench.conflist"), []byte(conf), 0o644)
+}
+
+func (e *endpoint) connect(ctx context.Context) error {
+	for {
+		if c, err := net.Dial("unix", e.socket); err == nil {
+			c.Close()
+			break
+		}
+		if e.cmd.ProcessState != nil {
+			return fmt.Errorf("%s exited; see %s", e.name, e.log.Name())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: no socket %s: %w", e.name, e.socket, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	e.conn, e.rs, e.is = conn, runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	// Both conditions must hold before anything is measured.
+	for {
+		st, err := e.rs.Status(ctx, &runtimeapi.StatusRequest{})
+		ready := err == nil
+		for _, c := range st.GetStatus().GetConditions() {
+			ready = ready && c.Status
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready: %v %v", e.name, st, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (e *endpoint) stop() {
+	if e.conn != nil {
+		e.conn.Close()
+	}
+	if e.cmd != nil && e.cmd.Process != nil {
+		e.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { e.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			e.cmd.Process.Kill()
+			<-done
+		}
+	}
+	if e.cleanup != nil {
+		e.cleanup()
+	}
+	if e.log != nil {
+		e.log.Close()
+	}
+}
+
+func startDaemon(e *endpoint, dir string, bin string, args ...string) error {
+	log, err := os.Create(filepath.Join(dir, "daemon.log"))
+	if err != nil {
+		return err
+	}
+	e.log = log
+	e.cmd = exec.Command(bin, args...)
+	e.cmd.Stdout, e.cmd.Stderr = log, log
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := e.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
+	}
+	go e.cmd.Wait()
+	return nil
+}
+
+// hyperletMode is one way hyperlet starts pod VMs.
+type hyperletMode struct {
+	name      string
+	templates bool
+	pool      int
+}
+
+func startHyperlet(ctx context.Context, bin, work, cniDir, registry string, m hyperletMode, cfg benchConfig) (*endpoint, error) {
+	dir := filepath.Join(work, m.name)
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	tplDir := "/dev/shm/hyperlet-bench-" + m.name
+	conf := fmt.Sprintf(`[vm]
+kernel = %q
+initrd = %q
+accel = %q
+templates = %t
+template_dir = %q
+pool_size = %d
+
+[cni]
+conf_dir = %q
+bin_dirs = ["/usr/lib/cni"]
+
+[registry.mirrors."docker.io"]
+endpoint = ["http://%s"]
+`, cfg.kernel, cfg.initrd, cfg.accel, m.templates, tplDir, m.pool, cniDir, registry)
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	e := &endpoint{name: "hyperlet " + m.name, socket: filepath.Join(dir, "hyperlet.sock")}
+	state := filepath.Join(dir, "state")
+	if err := startDaemon(e, dir, bin, "--config", filepath.Join(dir, "config.toml"), "--socket", e.socket,
+		"--root", filepath.Join(dir, "root"), "--state", state); err != nil {
+		return nil, err
+	}
+	e.podPIDs = func(ctx context.Context, id string) ([]int, error) {
+		r, err := e.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+		if err != nil {
+			return nil, err
+		}
+		var info struct {
+			VMPid int `json:"vmPid"`
+		}
+		if err := json.Unmarshal([]byte(r.Info["info"]), &info); err != nil || info.VMPid == 0 {
+			return nil, fmt.Errorf("pod %s: no VM pid in %q", id, r.Info["info"])
+		}
+		return []int{info.VMPid}, nil
+	}
+	e.cleanup = func() {
+		// Nothing of a pod may survive; kill what a failed run left.
+		for _, pid := range processesMatching(state) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		os.RemoveAll(tplDir)
+	}
+	if err := e.connect(ctx); err != nil {
+		e.stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+// waitWarm waits until hyperlet's templates exist and its pool is full, so
+// the first samples measure what an operator sees in steady state.
+func (e *endpoint) waitWarm(ctx context.Context, m hyperletMode) error {
+	for {
+		r, err := e.rs.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Templates []json.RawMessage `json:"templates"`
+			Pool      struct{ Size, Ready int }
+		}
+		json.Unmarshal([]byte(r.Info["vms"]), &st)
+		if (!m.templates || len(st.Templates) > 0) && st.Pool.Ready == st.Pool.Size {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: templates or pool not ready: %s", e.name, r.Info["vms"])
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// startContainerd runs Debian's containerd 1.6 with its CRI plugin and runc,
+// in its own root, state and socket, on the same CNI network and registry.
+func startContainerd(ctx context.Context, work, cniDir, registry string) (*endpoint, error) {
+	dir := filepath.Join(work, "containerd")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		return nil, fmt.Errorf("containerd (Debian package containerd): %w", err)
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "containerd.sock")
+	cri := `plugins."io.containerd.grpc.v1.cri"`
+	conf := fmt.Sprintf(`version = 2
+root = %[1]q
+state = %[2]q
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = %[4]q
+[debug]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[5]q
+[%[6]s]
+  sandbox_image = %[7]q
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = %[8]t
+  enable_selinux = false
+  [%[6]s.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [%[6]s.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [%[6]s.containerd.runtimes.runc.options]
+        BinaryName = %[9]q
+        Root = %[10]q
+        SystemdCgroup = false
+  [%[6]s.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %[11]q
+    max_conf_num = 1
+  [%[6]s.registry.mirrors."docker.io"]
+    endpoint = ["http://%[12]s"]
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"),
+		cri, pauseImage, !hasCapability(24), runc, filepath.Join(dir, "runc"), cniDir, registry)
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	e := &endpoint{name: "containerd+runc", socket: sock}
+	if err := startDaemon(e, dir, bin, "--config", filepath.Join(dir, "config.toml")); err != nil {
+		return nil, err
+	}
+	e.podPIDs = func(ctx context.Context, id string) ([]int, error) {
+		// The pod's shim (one per sandbox) and everything under it: the
+		// sandbox process and the containers.
+		shims := processesMatching("-id\x00" + id)
+		if len(shims) == 0 {
+			return nil, fmt.Errorf("no shim for pod %s", id)
+		}
+		return withDescendants(shims), nil
+	}
+	e.cleanup = func() {
+		for _, pid := range processesMatching(filepath.Join(dir, "containerd.sock")) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if err := e.connect(ctx); err != nil {
+		e.stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+// hasCapability reports whether capability bit n is in this process's
+// bounding set (CAP_SYS_RESOURCE, 24, is missing on some hosts, and runc
+// then cannot lower oom_score_adj unless containerd restricts it).
+func hasCapability(n uint) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			x, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && x&(1<<n) != 0
+		}
+	}
+	return false
+}
+
+// processesMatching lists processes whose command line contains s.
+func processesMatching(s string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), s) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// withDescendants adds every descendant of pids.
+func withDescendants(pids []int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces; split after ')'.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 {
+			ppid, _ := strconv.Atoi(f[1])
+			children[ppid] = append(children[ppid], pid)
+		}
+	}
+	out := append([]int{}, pids...)
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	return out
+}
+
+// pssKiB sums the proportional set size of pids: each shared page is
+// divided among the processes that map it.
+func pssKiB(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			return 0, err
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Pss:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += n
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var podSeq atomic.Int64
+
+// pod is one benchmark pod: a sandbox with one idle busybox container.
+type pod struct {
+	id, ctr string
+	cfg     *runtimeapi.PodSandboxConfig
+	// Phases of its start: RunPodSandbox, CreateContainer, StartContainer.
+	run, create, start time.Duration
+}
+
+func (p *pod) total() time.Duration { return p.run + p.create + p.start }
+
+func podConfig(logRoot string) *runtimeapi.PodSandboxConfig {
+	n := podSeq.Add(1)
+	name := fmt.Sprintf("bench-%d-%d", os.Getpid(), n)
+	logDir := filepath.Join(logRoot, name)
+	os.MkdirAll(logDir, 0o755)
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name, Attempt: 0},
+		Hostname:     name,
+		LogDirectory: logDir,
+		Linux:        &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{}},
+	}
+}
+
+// startPod runs the workload the latency figures time: RunPodSandbox +
+// CreateContainer + StartContainer, which returns once the process runs.
+func startPod(ctx context.Context, e *endpoint, logRoot string) (*pod, error) {
+	p := &pod{cfg: podConfig(logRoot)}
+	t0 := time.Now()
+	r, err := e.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: p.cfg})
+	if err != nil {
+		return nil, fmt.Errorf("%s: RunPodSandbox: %w", e.name, err)
+	}
+	p.id = r.PodSandboxId
+	t1 := time.Now()
+	c, err := e.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.id, SandboxConfig: p.cfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "idle"},
+			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
+			Command:  []string{"sleep", "86400"},
+			LogPath:  "idle.log",
+		},
+	})
+	if err != nil {
+		stopPod(context.Background(), e, p)
+		return nil, fmt.Errorf("%s: CreateContainer: %w", e.name, err)
+	}
+	p.ctr = c.ContainerId
+	t2 := time.Now()
+	if _, err := e.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.ctr}); err != nil {
+		stopPod(context.Background(), e, p)
+		return nil, fmt.Errorf("%s: StartContainer: %w", e.name, err)
+	}
+	p.run, p.create, p.start = t1.Sub(t0), t2.Sub(t1), time.Since(t2)
+	return p, nil
+}
+
+// stopPod tears a pod down as kubelet does: StopPodSandbox, then
+// RemovePodSandbox (which removes its containers).
+func stopPod(ctx context.Context, e *endpoint, p *pod) (time.Duration, error) {
+	t0 := time.Now()
+	if _, err := e.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		return 0, fmt.Errorf("%s: StopPodSandbox: %w", e.name, err)
+	}
+	if _, err := e.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		return 0, fmt.Errorf("%s: RemovePodSandbox: %w", e.name, err)
+	}
+	return time.Since(t0), nil
+}
+
+// startMany starts n pods with `clients` concurrent callers and returns
+// them with the wall time taken.
+func startMany(ctx context.Context, e *endpoint, logRoot string, n, clients int) ([]*pod, time.Duration, error) {
+	var (
+		mu    sync.Mutex
+		pods  []*pod
+		first error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	t0 := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				p, err := startPod(ctx, e, logRoot)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+				}
+				if p != nil {
+					pods = append(pods, p)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return pods, time.Since(t0), first
+}
+
+// stopMany tears pods down with `clients` concurrent callers.
+func stopMany(ctx context.Context, e *endpoint, pods []*pod, clients int) (time.Duration, error) {
+	var (
+		mu    sync.Mutex
+		first error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	t0 := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(pods) {
+					return
+				}
+				if _, err := stopPod(ctx, e, pods[i]); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(t0), first
+}
+
+// podPSS is the mean PSS of the pods' host processes, in MiB.
+func podPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, error) {
+	var pids []int
+	for _, p := range pods {
+		ps, err := e.podPIDs(ctx, p.id)
+		if err != nil {
+			return 0, err
+		}
+		pids = append(pids, ps...)
+	}
+	kib, err := pssKiB(pids)
+	if err != nil {
+		return 0, err
+	}
+	return float64(kib) / 1024 / float64(len(pods)), nil
+}
+
+// stats are order statistics of a sample, in milliseconds.
+type stats struct {
+	n                     int
+	min, median, p95, max float64
+	all                   []float64
+}
+
+func summarize(ds []time.Duration) stats {
+	v := make([]float64, len(ds))
+	for i, d := range ds {
+		v[i] = float64(d.Microseconds()) / 1000
+	}
+	sort.Float64s(v)
+	if len(v) == 0 {
+		return stats{}
+	}
+	// Nearest-rank percentiles.
+	rank := func(p float64) float64 {
+		i := int(p*float64(len(v))+0.999999) - 1
+		return v[max(0, min(i, len(v)-1))]
+	}
+	return stats{n: len(v), min: v[0], median: rank(0.5), p95: rank(0.95), max: v[len(v)-1], all: v}
+}
