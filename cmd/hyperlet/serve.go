@@ -152,9 +152,14 @@ func serve(o options) error {
 		if err != nil {
 			return fmt.Errorf("vm.qemu: %w", err)
 		}
+		// This binary is an input too: it decides the VM's device set.
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
 		templates, err = template.Open(ctx, e.driver, template.Options{
 			Dir:   e.cfg.VM.TemplateDir,
-			Files: []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd, qemuBin},
+			Files: []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd, qemuBin, self},
 			Extra: fmt.Sprintf("tcg-cache=%d", e.cfg.VM.TCGCacheMiB),
 			Ready: sandbox.AgentReady,
 			VMDir: func(id string) string { return e.vmConfig(id).Dir },

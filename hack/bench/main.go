@@ -24,6 +24,9 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/config"
+	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
 type benchConfig struct {
@@ -109,6 +112,8 @@ type series struct {
 	e        *endpoint
 	starts   []time.Duration
 	sandbox  []time.Duration // RunPodSandbox alone
+	create   []time.Duration // CreateContainer alone
+	start    []time.Duration // StartContainer alone
 	teardown []time.Duration
 }
 
@@ -151,6 +156,12 @@ func (b *bench) run(out string) error {
 	env := describeEnv(ctx, hl["cold"])
 	fmt.Print(env.header())
 
+	fmt.Printf("VM start to agent-ready: %d cold boots and %d template clones, alternating\n", b.n, b.n)
+	vmCold, vmClone, err := b.vmStarts(ctx, config.Default().VM.TCGCacheMiB, vm.Accel(env.accel))
+	if err != nil {
+		return err
+	}
+
 	// Pod start and teardown latency: sequential, interleaved round-robin
 	// so slow drifts of the machine hit every runtime alike.
 	all := []*series{{label: "containerd+runc", e: ctrd}, {label: "hyperlet cold boot", e: hl["cold"]},
@@ -168,6 +179,8 @@ func (b *bench) run(out string) error {
 			}
 			s.starts = append(s.starts, p.total())
 			s.sandbox = append(s.sandbox, p.run)
+			s.create = append(s.create, p.create)
+			s.start = append(s.start, p.start)
 			s.teardown = append(s.teardown, d)
 		}
 		fmt.Printf("  round %d/%d done\n", i+1, b.n)
@@ -176,11 +189,11 @@ func (b *bench) run(out string) error {
 
 	// Creation rate and memory: containerd and hyperlet with templates
 	// (the default configuration, without the pool's idle VMs).
-	mem := map[string]map[int]float64{}
+	mem := map[string]map[int]memSample{}
 	rates := map[string]float64{}
 	bulkTeardown := map[string]time.Duration{}
 	for _, e := range []*endpoint{ctrd, hl["template"], hl["cold"]} {
-		mem[e.name] = map[int]float64{}
+		mem[e.name] = map[int]memSample{}
 		var pods []*pod
 		for _, target := range []int{1, 10} {
 			more, _, err := startMany(ctx, e, b.logs, target-len(pods), 1)
@@ -191,7 +204,7 @@ func (b *bench) run(out string) error {
 			if mem[e.name][target], err = settledPSS(ctx, e, pods); err != nil {
 				return err
 			}
-			fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, target, mem[e.name][target])
+			fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, target, mem[e.name][target].pss)
 		}
 		if _, err := stopMany(ctx, e, pods, b.clients); err != nil {
 			return err
@@ -208,7 +221,7 @@ func (b *bench) run(out string) error {
 		if mem[e.name][b.rateN], err = settledPSS(ctx, e, pods); err != nil {
 			return err
 		}
-		fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, b.rateN, mem[e.name][b.rateN])
+		fmt.Printf("  %s: %d idle pods, %.1f MiB PSS each\n", e.name, b.rateN, mem[e.name][b.rateN].pss)
 		if bulkTeardown[e.name], err = stopMany(ctx, e, pods, b.clients); err != nil {
 			return err
 		}
@@ -220,7 +233,7 @@ func (b *bench) run(out string) error {
 	}
 	tplBytes := templateResident(ctx, hl["template"])
 
-	r := &report{env: env, series: all, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
+	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
 		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,
 		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20)}
 	table := r.markdown()
@@ -242,14 +255,19 @@ func (b *bench) run(out string) error {
 }
 
 // settledPSS waits for idle pods to settle, then samples their PSS.
-func settledPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, error) {
+func settledPSS(ctx context.Context, e *endpoint, pods []*pod) (memSample, error) {
 	select {
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return memSample{}, ctx.Err()
 	case <-time.After(10 * time.Second):
 	}
-	return podPSS(ctx, e, pods)
+	pss, tcg, err := podPSS(ctx, e, pods)
+	return memSample{pss, tcg}, err
 }
+
+// memSample is the mean PSS per pod and the part that is TCG's translation
+// cache, in MiB.
+type memSample struct{ pss, tcg float64 }
 
 // env describes the machine and the runtimes for the table's header.
 type env struct {

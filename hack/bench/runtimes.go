@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/config"
 )
 
 // endpoint is one CRI runtime under test: a daemon this program started,
@@ -32,6 +34,8 @@ type endpoint struct {
 	podPIDs func(ctx context.Context, podID string) ([]int, error)
 	// cleanup removes what the daemon left (after stop).
 	cleanup func()
+	// tcgCacheMiB is the size of each VM's TCG translation cache (hyperlet).
+	tcgCacheMiB int
 }
 
 // The images both runtimes pull from the local registry through a mirror
@@ -169,6 +173,9 @@ endpoint = ["http://%s"]
 		return nil, err
 	}
 	e := &endpoint{name: "hyperlet " + m.name, socket: filepath.Join(dir, "hyperlet.sock")}
+	if cfg.accel != "kvm" {
+		e.tcgCacheMiB = config.Default().VM.TCGCacheMiB
+	}
 	state := filepath.Join(dir, "state")
 	if err := startDaemon(e, dir, bin, "--config", filepath.Join(dir, "config.toml"), "--socket", e.socket,
 		"--root", filepath.Join(dir, "root"), "--state", state); err != nil {
@@ -385,4 +392,34 @@ func pssKiB(pids []int) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// tcgCacheKiB sums the PSS of TCG's translation cache in QEMU processes: the
+// anonymous mapping of the configured size (a guard page may be cut off).
+func tcgCacheKiB(pids []int, sizeMiB int) int64 {
+	want := int64(sizeMiB) << 10
+	var total int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+		if err != nil {
+			continue
+		}
+		match := false
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 5 && strings.Contains(f[0], "-") && len(f[1]) == 4 {
+				var lo, hi int64
+				fmt.Sscanf(f[0], "%x-%x", &lo, &hi)
+				size := (hi - lo) >> 10
+				match = len(f) == 5 && size <= want && size >= want-8
+				continue
+			}
+			if v, ok := strings.CutPrefix(l, "Pss:"); ok && match {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += n
+				match = false
+			}
+		}
+	}
+	return total
 }

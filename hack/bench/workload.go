@@ -149,21 +149,27 @@ func stopMany(ctx context.Context, e *endpoint, pods []*pod, clients int) (time.
 	return time.Since(t0), first
 }
 
-// podPSS is the mean PSS of the pods' host processes, in MiB.
-func podPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, error) {
+// podPSS is the mean PSS of the pods' host processes, and the part of it
+// that is TCG's translation cache (0 for containerd), in MiB.
+func podPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, float64, error) {
 	var pids []int
 	for _, p := range pods {
 		ps, err := e.podPIDs(ctx, p.id)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		pids = append(pids, ps...)
 	}
 	kib, err := pssKiB(pids)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(kib) / 1024 / float64(len(pods)), nil
+	var tcg int64
+	if e.tcgCacheMiB > 0 {
+		tcg = tcgCacheKiB(pids, e.tcgCacheMiB)
+	}
+	n := float64(len(pods)) * 1024
+	return float64(kib) / n, float64(tcg) / n, nil
 }
 
 // stats are order statistics of a sample, in milliseconds.

@@ -95,7 +95,9 @@ type VM struct {
 	MemoryMiB int `toml:"memory_mib"`
 	// MaxMemoryMiB caps a pod VM sized up for its pod's limits (0: no cap).
 	MaxMemoryMiB int `toml:"max_memory_mib"`
-	// TCGCacheMiB bounds TCG's translation cache per VM (host memory).
+	// TCGCacheMiB bounds TCG's translation cache per VM (host memory). A
+	// guest running runc fills 64 MiB; 16 costs some retranslation at
+	// container start and saves ~48 MiB per VM (docs/performance.md).
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string `toml:"kernel_args"`
@@ -121,7 +123,7 @@ func Default() Config {
 		Accel:       string(vm.AccelAuto),
 		VCPUs:       1,
 		MemoryMiB:   256,
-		TCGCacheMiB: 64,
+		TCGCacheMiB: 16,
 		Templates:   true,
 		TemplateDir: "/dev/shm/hyperlet/templates",
 		PoolSize:    1,

@@ -98,6 +98,9 @@ func (d *Driver) args(cfg vm.Config) []string {
 		"-device", "virtserialport,chardev=agent,name=" + agentapi.Port,
 		"-device", "virtio-scsi-device,id=scsi0",
 		"-device", "virtio-rng-device",
+		// Free page reporting: pages the guest frees go back to the host
+		// (for a clone, its copy-on-write copies are dropped).
+		"-device", "virtio-balloon-device,free-page-reporting=on",
 		"-pidfile", filepath.Join(dir, pidFile),
 	}
 	if m := cfg.Memory; m != nil {

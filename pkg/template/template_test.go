@@ -1,0 +1,113 @@
+package template
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hyperlet/hyperlet/pkg/vm"
+)
+
+// noHypervisor has no VMs: every attach finds the VM gone.
+type noHypervisor struct{ attached []string }
+
+func (h *noHypervisor) Start(context.Context, vm.Config) (vm.VM, error) {
+	return nil, errors.New("no VMs in unit tests")
+}
+
+func (h *noHypervisor) Attach(_ context.Context, cfg vm.Config) (vm.VM, error) {
+	h.attached = append(h.attached, cfg.ID)
+	return nil, vm.ErrNotRunning
+}
+
+func TestOpenKeepsOnlyCompleteCurrentTemplates(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	os.WriteFile(kernel, []byte("kernel v1"), 0o644)
+	tdir := filepath.Join(dir, "templates")
+	hv := &noHypervisor{}
+	open := func() *Store {
+		t.Helper()
+		s, err := Open(context.Background(), hv, Options{Dir: tdir, Files: []string{kernel}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	cfg := vm.Config{VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelTCG, Net: &vm.NetDevice{}}
+	write := func(name string, t2 Template) {
+		os.MkdirAll(filepath.Join(tdir, name), 0o700)
+		b, _ := json.Marshal(t2)
+		os.WriteFile(filepath.Join(tdir, name, metaFile), b, 0o600)
+	}
+	key := s.Key(cfg)
+	write(key, Template{Key: key, Inputs: s.inputs, Format: format})
+	other := cfg
+	other.MemoryMiB = 512
+	write(s.Key(other), Template{Key: s.Key(other), Inputs: "old kernel", Format: format}) // stale inputs
+	os.MkdirAll(filepath.Join(tdir, "0123456789abcdef"), 0o700)                            // no description: incomplete
+	os.MkdirAll(filepath.Join(tdir, ".build-1a2b3c4d"), 0o700)                             // interrupted build
+	vmJSON, _ := json.Marshal(vm.Config{ID: "tpl-1a2b3c4d", Dir: filepath.Join(dir, "vmdir")})
+	os.WriteFile(filepath.Join(tdir, ".build-1a2b3c4d", vmFile), vmJSON, 0o600)
+	os.MkdirAll(filepath.Join(dir, "vmdir"), 0o700)
+	s.Close()
+
+	s = open()
+	defer s.Close()
+	if _, ok := s.Lookup(cfg); !ok {
+		t.Error("complete template with current inputs was not kept")
+	}
+	if _, ok := s.Lookup(other); ok {
+		t.Error("template with other inputs is still used")
+	}
+	ents, _ := os.ReadDir(tdir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if len(names) != 2 || names[0] != ".lock" || names[1] != key {
+		t.Errorf("after open: %v, want [.lock %s]", names, key)
+	}
+	if len(hv.attached) != 1 || hv.attached[0] != "tpl-1a2b3c4d" {
+		t.Errorf("interrupted build's VM not looked for: %v", hv.attached)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vmdir")); !os.IsNotExist(err) {
+		t.Errorf("interrupted build's VM directory left: %v", err)
+	}
+
+	// A changed input makes every template stale.
+	s.Close()
+	os.WriteFile(kernel, []byte("kernel v2"), 0o644)
+	s = open()
+	if _, ok := s.Lookup(cfg); ok {
+		t.Error("template kept after the kernel changed")
+	}
+}
+
+func TestKeyCoversShape(t *testing.T) {
+	s := &Store{inputs: "x"}
+	base := vm.Config{ID: "a", Dir: "/a", VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelTCG, Net: &vm.NetDevice{MAC: "02:00:00:00:00:01"}, SharedDir: "/s"}
+	same := base
+	same.ID, same.Dir, same.SharedDir, same.Net = "b", "/b", "/t", &vm.NetDevice{MAC: "02:00:00:00:00:02"}
+	if s.Key(base) != s.Key(same) {
+		t.Error("IDs, paths and MACs changed the key")
+	}
+	for name, mod := range map[string]func(*vm.Config){
+		"vcpus":     func(c *vm.Config) { c.VCPUs = 2 },
+		"memory":    func(c *vm.Config) { c.MemoryMiB = 512 },
+		"accel":     func(c *vm.Config) { c.Accel = vm.AccelKVM },
+		"no NIC":    func(c *vm.Config) { c.Net = nil },
+		"no shared": func(c *vm.Config) { c.SharedDir = "" },
+		"karg":      func(c *vm.Config) { c.KernelArgs = []string{"x=1"} },
+	} {
+		c := base
+		mod(&c)
+		if s.Key(c) == s.Key(base) {
+			t.Errorf("%s: same key", name)
+		}
+	}
+}
