@@ -83,6 +83,8 @@ uninstall() {
 	fi
 	rmdir "$root$prefix/bin" "$root$prefix/share" "$root$prefix" 2>/dev/null || true
 	systemctl_host daemon-reload || true
+	# VM templates are a cache held in RAM (tmpfs): never left behind.
+	rm -rf "$root/dev/shm/hyperlet"
 	if [ "${1:-}" = "--purge" ]; then
 		rm -rf "$root/etc/hyperlet" "$root/var/lib/hyperlet"
 	fi

@@ -90,7 +90,26 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
+// teardown removes every pod through CRI (so a failed run leaks no VM,
+// namespace or mount), then stops the daemons.
 func (b *bench) teardown() {
+	for _, e := range b.endpoints {
+		if e.rs == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if list, err := e.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil && len(list.Items) > 0 {
+			fmt.Printf("removing %d pods of %s\n", len(list.Items), e.name)
+			var pods []*pod
+			for _, p := range list.Items {
+				pods = append(pods, &pod{id: p.Id})
+			}
+			if _, err := stopMany(ctx, e, pods, 4); err != nil {
+				fmt.Fprintln(os.Stderr, "teardown:", err)
+			}
+		}
+		cancel()
+	}
 	for _, e := range b.endpoints {
 		e.stop()
 	}

@@ -18,11 +18,24 @@ func TestArgs(t *testing.T) {
 		{vm.AccelTCG,
 			[]string{"-accel tcg,tb-size=32", "-M microvm,x-option-roms=off,rtc=off,acpi=off -accel", "-smp 2", "-m 512M", "hyperlet.v=2", "reboot=t", "-no-reboot",
 				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0", "path=/var/log/p1.console", "/run/h/p1/qmp.sock",
-				"local,id=shared,path=/run/h/shared/p1,security_model=passthrough", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet"},
-			[]string{"pit=off", "tsc=reliable", "-cpu host"}},
+				"local,id=shared,path=/run/h/shared/p1,security_model=passthrough", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet",
+				"tsc=reliable", "virtio-balloon-device,free-page-reporting=on"},
+			[]string{"pit=off", "-cpu host", "-incoming", "memory-backend"}},
 		{vm.AccelKVM,
 			[]string{"-accel kvm", "pit=off,pic=off", "-cpu host", "tsc=reliable"},
 			[]string{"tb-size"}},
+	}
+	clone := base
+	clone.Accel = vm.AccelTCG
+	clone.Memory = &vm.MemoryFile{Path: "/dev/shm/t/memory"}
+	clone.Restore = "/dev/shm/t/state"
+	clone.Net = &vm.NetDevice{MAC: "02:00:00:00:00:01"}
+	line := strings.Join((&Driver{}).args(clone), " ")
+	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/t/memory,share=off",
+		"-incoming defer", "-netdev hubport,id=net0,hubid=0", "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"} {
+		if !strings.Contains(line, w) {
+			t.Errorf("clone: command line lacks %q:\n%s", w, line)
+		}
 	}
 	d := &Driver{TCGCacheMiB: 32}
 	for _, tc := range tests {
