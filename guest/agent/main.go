@@ -38,7 +38,6 @@ func main() {
 			fatal(err)
 		}
 		applyCmdline()
-		reportFreePages()
 		os.Setenv("PATH", defaultPath)
 	}
 	klog.InfoS("hyperlet-agent starting", "version", version, "pid1", pid1)
@@ -59,20 +58,6 @@ func main() {
 		err := srv.Serve(context.Background(), ln)
 		klog.ErrorS(err, "ttrpc server stopped; restarting")
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// freePageReportingOrder is the smallest free block (2^order pages) the
-// balloon reports to the host. The kernel sets its default, the largest
-// order, when the balloon driver registers, ignoring the boot parameter;
-// small blocks freed by short-lived processes (runc) would stay charged to
-// the VM on the host.
-const freePageReportingOrder = "0"
-
-func reportFreePages() {
-	const p = "/sys/module/page_reporting/parameters/page_reporting_order"
-	if err := os.WriteFile(p, []byte(freePageReportingOrder), 0); err != nil {
-		klog.InfoS("free page reporting order not set", "err", err)
 	}
 }
 

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -16,16 +14,7 @@ import (
 // density ramps hyperlet (default configuration: templates and a warm
 // pool) up to n idle pods, checks every pod is Ready and answers an exec,
 // samples memory, then tears everything down and checks nothing is left.
-func (b *bench) density(n int, out string) error {
-	// Interrupted, it still tears down what it started.
-	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(sig, 3*time.Hour)
-	defer cancel()
-	if err := b.setup(ctx); err != nil {
-		return err
-	}
-	defer b.teardown()
+func (b *bench) density(ctx context.Context, n int, out string) error {
 	m := hyperletMode{name: "density", templates: true, pool: 1}
 	e, err := startHyperlet(ctx, b.bin, b.work, b.cniDir, b.registry, m, b.cfg)
 	if err != nil {

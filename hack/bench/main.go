@@ -49,11 +49,19 @@ func main() {
 	flag.Parse()
 	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel}
 	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize}
-	var err error
-	if *density > 0 {
-		err = b.density(*density, *out)
-	} else {
-		err = b.run(*out)
+	// Interrupted, it still tears down what it started.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Hour)
+	defer cancel()
+	err := b.setup()
+	if err == nil {
+		if *density > 0 {
+			err = b.density(ctx, *density, *out)
+		} else {
+			err = b.run(ctx, *out)
+		}
+		b.teardown()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -77,7 +85,7 @@ type bench struct {
 	endpoints               []*endpoint
 }
 
-func (b *bench) setup(ctx context.Context) error {
+func (b *bench) setup() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (VMs, network namespaces, containerd)")
 	}
@@ -136,17 +144,7 @@ type series struct {
 	teardown []time.Duration
 }
 
-func (b *bench) run(out string) error {
-	// Interrupted, it still tears down what it started.
-	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(sig, 2*time.Hour)
-	defer cancel()
-	if err := b.setup(ctx); err != nil {
-		return err
-	}
-	defer b.teardown()
-
+func (b *bench) run(ctx context.Context, out string) error {
 	ctrd, err := startContainerd(ctx, b.work, b.cniDir, b.registry)
 	if err != nil {
 		return err

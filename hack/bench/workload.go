@@ -85,57 +85,21 @@ func stopPod(ctx context.Context, e *endpoint, p *pod) (time.Duration, error) {
 	return time.Since(t0), nil
 }
 
-// startMany starts n pods with `clients` concurrent callers and returns
-// them with the wall time taken.
-func startMany(ctx context.Context, e *endpoint, logRoot string, n, clients int) ([]*pod, time.Duration, error) {
-	var (
-		mu    sync.Mutex
-		pods  []*pod
-		first error
-		next  atomic.Int64
-		wg    sync.WaitGroup
-	)
-	t0 := time.Now()
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				p, err := startPod(ctx, e, logRoot)
-				mu.Lock()
-				if err != nil && first == nil {
-					first = err
-				}
-				if p != nil {
-					pods = append(pods, p)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return pods, time.Since(t0), first
-}
-
-// stopMany tears pods down with `clients` concurrent callers.
-func stopMany(ctx context.Context, e *endpoint, pods []*pod, clients int) (time.Duration, error) {
+// parallel calls fn(i) for i in [0, n) from `clients` goroutines and
+// returns the first error.
+func parallel(n, clients int, fn func(i int) error) error {
 	var (
 		mu    sync.Mutex
 		first error
 		next  atomic.Int64
 		wg    sync.WaitGroup
 	)
-	t0 := time.Now()
 	for range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(pods) {
-					return
-				}
-				if _, err := stopPod(ctx, e, pods[i]); err != nil {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				if err := fn(i); err != nil {
 					mu.Lock()
 					if first == nil {
 						first = err
@@ -146,7 +110,37 @@ func stopMany(ctx context.Context, e *endpoint, pods []*pod, clients int) (time.
 		}()
 	}
 	wg.Wait()
-	return time.Since(t0), first
+	return first
+}
+
+// startMany starts n pods with `clients` concurrent callers and returns
+// them with the wall time taken.
+func startMany(ctx context.Context, e *endpoint, logRoot string, n, clients int) ([]*pod, time.Duration, error) {
+	var (
+		mu   sync.Mutex
+		pods []*pod
+	)
+	t0 := time.Now()
+	err := parallel(n, clients, func(int) error {
+		p, err := startPod(ctx, e, logRoot)
+		if p != nil {
+			mu.Lock()
+			pods = append(pods, p)
+			mu.Unlock()
+		}
+		return err
+	})
+	return pods, time.Since(t0), err
+}
+
+// stopMany tears pods down with `clients` concurrent callers.
+func stopMany(ctx context.Context, e *endpoint, pods []*pod, clients int) (time.Duration, error) {
+	t0 := time.Now()
+	err := parallel(len(pods), clients, func(i int) error {
+		_, err := stopPod(ctx, e, pods[i])
+		return err
+	})
+	return time.Since(t0), err
 }
 
 // podPSS is the mean PSS of the pods' host processes, and the part of it
