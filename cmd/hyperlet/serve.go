@@ -80,6 +80,26 @@ func (e *env) vmConfig(id string) vm.Config {
 	}
 }
 
+// openTemplates opens the VM template store. Its inputs are the guest
+// image, QEMU and this binary, which decides the VM's device set.
+func (e *env) openTemplates(ctx context.Context) (*template.Store, error) {
+	qemuBin, err := exec.LookPath(e.cfg.VM.QEMU)
+	if err != nil {
+		return nil, fmt.Errorf("vm.qemu: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return template.Open(ctx, e.driver, template.Options{
+		Dir:   e.cfg.VM.TemplateDir,
+		Files: []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd, qemuBin, self},
+		Extra: fmt.Sprintf("tcg-cache=%d", e.cfg.VM.TCGCacheMiB),
+		Ready: sandbox.AgentReady,
+		VMDir: func(id string) string { return e.vmConfig(id).Dir },
+	})
+}
+
 // resolveAccel picks the accelerator (probing once per machine boot: the
 // result is cached in the state directory) and logs the choice.
 func (e *env) resolveAccel(ctx context.Context) (vm.Accel, error) {
@@ -148,26 +168,13 @@ func serve(o options) error {
 
 	var templates *template.Store
 	if e.cfg.VM.Templates {
-		qemuBin, err := exec.LookPath(e.cfg.VM.QEMU)
-		if err != nil {
-			return fmt.Errorf("vm.qemu: %w", err)
+		// Templates only make pods start faster: without them (no guest
+		// image yet, directory in use) pods boot.
+		if templates, err = e.openTemplates(ctx); err != nil {
+			klog.ErrorS(err, "VM templates off")
+		} else {
+			defer templates.Close()
 		}
-		// This binary is an input too: it decides the VM's device set.
-		self, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		templates, err = template.Open(ctx, e.driver, template.Options{
-			Dir:   e.cfg.VM.TemplateDir,
-			Files: []string{e.cfg.VM.Kernel, e.cfg.VM.Initrd, qemuBin, self},
-			Extra: fmt.Sprintf("tcg-cache=%d", e.cfg.VM.TCGCacheMiB),
-			Ready: sandbox.AgentReady,
-			VMDir: func(id string) string { return e.vmConfig(id).Dir },
-		})
-		if err != nil {
-			return err
-		}
-		defer templates.Close()
 	}
 
 	network := cni.New(cni.Config{ConfDir: e.cfg.CNI.ConfDir, BinDirs: e.cfg.CNI.BinDirs, CacheDir: filepath.Join(o.root, "cni-cache")})

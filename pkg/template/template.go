@@ -103,6 +103,10 @@ type Options struct {
 // Open opens the store: it removes builds a crash interrupted (killing
 // their VMs) and templates made from other inputs.
 func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
+	inputs, err := digestFiles(o.Files, o.Extra)
+	if err != nil {
+		return nil, fmt.Errorf("template inputs: %w", err)
+	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("template dir: %w", err)
 	}
@@ -113,11 +117,6 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("template dir %s is in use by another hyperlet: %w", o.Dir, err)
-	}
-	inputs, err := digestFiles(o.Files, o.Extra)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("template inputs: %w", err)
 	}
 	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}}
 	ents, err := os.ReadDir(o.Dir)
