@@ -1,9 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -40,7 +37,7 @@ func TestImport(t *testing.T) {
 		t.Fatal(err)
 	}
 	layoutTar := filepath.Join(dir, "layout.tar")
-	tarDir(t, layoutDir, layoutTar)
+	imagetest.TarTree(t, layoutDir, layoutTar, nil)
 
 	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	run := func(args ...string) string {
@@ -72,36 +69,4 @@ func TestImport(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "in use") {
 		t.Errorf("import next to a running daemon: %v %s", err, out)
 	}
-}
-
-func tarDir(t *testing.T, dir, out string) {
-	t.Helper()
-	f, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	defer tw.Close()
-	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			return nil
-		}
-		h, _ := tar.FileInfoHeader(fi, "")
-		h.Name = rel
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		tw.WriteHeader(h)
-		if fi.Mode().IsRegular() {
-			src, _ := os.Open(p)
-			io.Copy(tw, src)
-			src.Close()
-		}
-		return nil
-	})
 }

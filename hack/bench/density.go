@@ -63,7 +63,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	}
 	availAt := memAvailableMiB()
 	load, _ := os.ReadFile("/proc/loadavg")
-	tplMiB := float64(templateResident(ctx, e)) / (1 << 20)
+	tplMiB := float64(readVMStatus(ctx, e).TemplateBytes) / (1 << 20)
 
 	t2 := time.Now()
 	if _, err := stopMany(ctx, e, pods, 4); err != nil {
@@ -117,9 +117,7 @@ func memAvailableMiB() int64 {
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
-			var kib int64
-			fmt.Sscanf(strings.TrimSpace(v), "%d", &kib)
-			return kib / 1024
+			return kB(v) / 1024
 		}
 	}
 	return 0

@@ -202,7 +202,8 @@ func (b *bench) run(ctx context.Context, out string) error {
 		}
 		fmt.Printf("  round %d/%d done\n", i+1, b.n)
 	}
-	poolInfo := poolCounters(ctx, hl["pool"])
+	ps := readVMStatus(ctx, hl["pool"]).Pool
+	poolInfo := fmt.Sprintf("%d hits, %d misses", ps.Hits, ps.Misses)
 
 	// Creation rate and memory: containerd and hyperlet with templates
 	// (the default configuration, without the pool's idle VMs).
@@ -248,7 +249,7 @@ func (b *bench) run(ctx context.Context, out string) error {
 		kib, _ := pssKiB([]int{e.cmd.Process.Pid})
 		daemons[e.name] = float64(kib) / 1024
 	}
-	tplBytes := templateResident(ctx, hl["template"])
+	tplBytes := readVMStatus(ctx, hl["template"]).TemplateBytes
 
 	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
 		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,

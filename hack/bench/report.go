@@ -27,15 +27,6 @@ func readVMStatus(ctx context.Context, e *endpoint) vmStatus {
 	return st
 }
 
-func poolCounters(ctx context.Context, e *endpoint) string {
-	st := readVMStatus(ctx, e)
-	return fmt.Sprintf("%d hits, %d misses", st.Pool.Hits, st.Pool.Misses)
-}
-
-func templateResident(ctx context.Context, e *endpoint) int64 {
-	return readVMStatus(ctx, e).TemplateBytes
-}
-
 type report struct {
 	env             env
 	series          []*series

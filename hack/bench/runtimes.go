@@ -385,8 +385,7 @@ func pssKiB(pids []int) (int64, error) {
 		}
 		for _, l := range strings.Split(string(b), "\n") {
 			if v, ok := strings.CutPrefix(l, "Pss:"); ok {
-				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-				total += n
+				total += kB(v)
 				break
 			}
 		}
@@ -415,11 +414,16 @@ func tcgCacheKiB(pids []int, sizeMiB int) int64 {
 				continue
 			}
 			if v, ok := strings.CutPrefix(l, "Pss:"); ok && match {
-				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-				total += n
+				total += kB(v)
 				match = false
 			}
 		}
 	}
 	return total
+}
+
+// kB parses the value of a smaps field ("   1234 kB").
+func kB(v string) int64 {
+	n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+	return n
 }

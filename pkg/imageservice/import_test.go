@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -49,9 +48,9 @@ func TestImport(t *testing.T) {
 	full := writeLayout("full", map[string]string{"org.opencontainers.image.ref.name": "example.com/app/imp:oci"})
 	bare := writeLayout("bare", map[string]string{"org.opencontainers.image.ref.name": "latest"})
 	layoutTar := filepath.Join(dir, "layout.tar")
-	tarTree(t, full, layoutTar, nil)
+	imagetest.TarTree(t, full, layoutTar, nil)
 	evilTar := filepath.Join(dir, "evil.tar")
-	tarTree(t, full, evilTar, &tar.Header{Name: "blobs/sha256/" + digest.FromString("x").Encoded(), Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"})
+	imagetest.TarTree(t, full, evilTar, &tar.Header{Name: "blobs/sha256/" + digest.FromString("x").Encoded(), Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"})
 
 	tests := []struct {
 		name     string
@@ -115,55 +114,5 @@ func TestImport(t *testing.T) {
 				t.Errorf("disks dir after import and build: %v", ents)
 			}
 		})
-	}
-}
-
-// tarTree writes dir as a tar, then extra if given.
-func tarTree(t *testing.T, dir, out string, extra *tar.Header) {
-	t.Helper()
-	f, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	err = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			return nil
-		}
-		h, err := tar.FileInfoHeader(fi, "")
-		if err != nil {
-			return err
-		}
-		h.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() {
-			src, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer src.Close()
-			_, err = io.Copy(tw, src)
-			return err
-		}
-		return nil
-	})
-	if err == nil && extra != nil {
-		err = tw.WriteHeader(extra)
-	}
-	if err == nil {
-		err = tw.Close()
-	}
-	if err != nil {
-		t.Fatal(err)
 	}
 }

@@ -157,14 +157,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			m.releaseName(p.name(), id)
 		}
 	}()
-	accel, err := m.cfg.Accel(ctx)
+	vc, err := m.baseVM(ctx, id[:16])
 	if err != nil {
 		return nil, fmt.Errorf("%w: no usable VM accelerator: %v", ErrNotReady, err)
 	}
-	vc := m.cfg.VM(id[:16])
-	vc.Accel = accel
 	vc.ConsoleLog = filepath.Join(p.dir(), "console.log")
-	vc.SharedDir = filepath.Join(m.cfg.SharedRoot, id[:16])
 	m.sizeVM(&vc, cfg)
 	if err := os.MkdirAll(p.dir(), 0o700); err != nil {
 		return nil, err
@@ -255,7 +252,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	m.pods[id] = p
 	m.mu.Unlock()
 	go p.watchVM(v)
-	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", accel, "boot", p.rec.Boot)
+	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", vc.Accel, "boot", p.rec.Boot)
 	return p, nil
 }
 

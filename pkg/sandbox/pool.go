@@ -72,7 +72,6 @@ func (m *Manager) startVM(ctx context.Context, cfg vm.Config) (vm.VM, *agent.Cli
 			}
 			// A template that cannot be resumed must not stop pods.
 			klog.ErrorS(err, "resume from VM template failed; booting", "vm", cfg.ID, "template", t.Key)
-			os.RemoveAll(cfg.Dir)
 		} else {
 			ts.Prepare(cfg)
 		}

@@ -64,32 +64,18 @@ func TestStdinRoundTrip(t *testing.T) {
 }
 
 // watchBuffer collects output and lets a test wait for a substring.
-type watchBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *watchBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
+type watchBuffer struct{ lockedBuffer }
 
 func (w *watchBuffer) waitFor(t *testing.T, s string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		w.mu.Lock()
-		ok := strings.Contains(w.buf.String(), s)
-		w.mu.Unlock()
-		if ok {
+		if strings.Contains(w.String(), s) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	t.Fatalf("output never contained %q; got %q", s, w.buf.String())
+	t.Fatalf("output never contained %q; got %q", s, w.String())
 }
 
 // TestTTYInteractive drives a shell on a terminal: input echo, a resize seen

@@ -128,3 +128,54 @@ func (r *Registry) PushIndex(t *testing.T, ref string, idx v1.ImageIndex) {
 		t.Fatalf("push index %s: %v", ref, err)
 	}
 }
+
+// TarTree writes the tree under dir as a tar file at out, then extra if
+// given (a hand-made entry, e.g. a hostile one).
+func TarTree(t *testing.T, dir, out string, extra *tar.Header) {
+	t.Helper()
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tw := tar.NewWriter(f)
+	err = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		h, err := tar.FileInfoHeader(fi, "")
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if fi.IsDir() {
+			h.Name += "/"
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			src, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			_, err = io.Copy(tw, src)
+			return err
+		}
+		return nil
+	})
+	if err == nil && extra != nil {
+		err = tw.WriteHeader(extra)
+	}
+	if err == nil {
+		err = tw.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
