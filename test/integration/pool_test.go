@@ -154,5 +154,4 @@ func TestCRIWarmPool(t *testing.T) {
 	if taps := warmTaps(); len(taps) != 0 {
 		t.Fatalf("warm taps left: %v", taps)
 	}
-	d.start() // for the cleanup
 }
