@@ -50,7 +50,10 @@ func (b *bench) vmStarts(ctx context.Context, tcgCacheMiB int, accel vm.Accel) (
 	start := func(c vm.Config, fromTemplate bool) (time.Duration, error) {
 		t0 := time.Now()
 		if fromTemplate {
-			c = template.Clone(c, tpl)
+			var err error
+			if c, err = store.Clone(c, tpl); err != nil {
+				return 0, err
+			}
 		}
 		v, client, err := sandbox.BootVM(ctx, d, c)
 		if err != nil {

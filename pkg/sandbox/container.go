@@ -155,7 +155,11 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := pod.ensureImage(ctx, imageID, disk); err != nil {
 		return nil, err
 	}
-	mounts, err := shareMounts(pod.rec.VM.SharedDir, id, cfg.Mounts)
+	userns := ""
+	if pid := pod.VMPID(); pid > 0 {
+		userns = fmt.Sprintf("/proc/%d/ns/user", pid)
+	}
+	mounts, err := shareMounts(pod.rec.VM.SharedDir, userns, id, cfg.Mounts)
 	if err != nil {
 		return nil, err
 	}

@@ -13,20 +13,55 @@ import (
 	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"k8s.io/klog/v2"
+
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
 
 // Volumes reach the guest through one shared directory per pod, exported
-// over virtio-9p. Each CRI mount is bind-mounted from its host path into
-// that directory under "<container>-<n>", and the container's spec
-// bind-mounts the guest's view of it. Readonly is enforced on the host bind
-// (non-recursive, as CRI's readonly is); propagation flags apply to the host bind, as 9p
-// carries no mount events into the guest; SELinux relabel requests are
-// accepted and ignored (there is no SELinux in the guest).
+// over virtio-9p by the pod's jailed QEMU. The directory is root's (mode
+// 0755): the guest can read it but never create, rename or swap an entry in
+// it, so a mount point the host makes there cannot be raced. Each CRI mount
+// is cloned from its host path as a detached mount tree (open_tree), idmapped
+// to the VM's user namespace, so that the unprivileged QEMU sees the files'
+// real owners, and attached by fd (move_mount) on an entry "<container>-<n>"
+// opened without following symlinks. Mounts made in the directory after the
+// VM started reach its jail by propagation (the directory is a shared
+// mount, the jail's copy a slave). The container's spec bind-mounts the
+// guest's view of it.
+//
+// Readonly is enforced on the host mount (non-recursive, as CRI's readonly
+// is); propagation flags apply to the host mount, as 9p carries no mount
+// events into the guest; SELinux relabel requests are accepted and ignored
+// (there is no SELinux in the guest).
 
-// shareMounts bind-mounts a container's volumes into the pod's shared
-// directory and returns the spec mounts that use them.
-func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, retErr error) {
+// makeShared creates a pod's shared directory as a shared mount of its own.
+func makeShared(shared string) (retErr error) {
+	if err := os.MkdirAll(filepath.Dir(shared), 0o711); err != nil {
+		return err
+	}
+	if err := os.Mkdir(shared, 0o755); err != nil {
+		return fmt.Errorf("create shared directory: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			unix.Unmount(shared, unix.MNT_DETACH)
+			os.Remove(shared)
+		}
+	}()
+	if err := unix.Mount(shared, shared, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind shared directory: %w", err)
+	}
+	if err := unix.Mount("", shared, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make shared directory a shared mount: %w", err)
+	}
+	return nil
+}
+
+// shareMounts mounts a container's volumes into the pod's shared directory
+// and returns the spec mounts that use them. userns is the VM's user
+// namespace (/proc/PID/ns/user), "" for none.
+func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, retErr error) {
 	if len(ms) == 0 {
 		return nil, nil
 	}
@@ -39,6 +74,18 @@ func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, re
 			unshareMounts(shared, prefix)
 		}
 	}()
+	root, err := unix.Open(shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open shared directory: %w", err)
+	}
+	defer unix.Close(root)
+	usernsFD := -1
+	if userns != "" {
+		if usernsFD, err = unix.Open(userns, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return nil, fmt.Errorf("open VM user namespace: %w", err)
+		}
+		defer unix.Close(usernsFD)
+	}
 	var out []specs.Mount
 	for i, m := range ms {
 		if m.Image != nil {
@@ -62,38 +109,10 @@ func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, re
 			return nil, fmt.Errorf("%w: mount source %s: %v", ErrInvalid, m.HostPath, err)
 		}
 		name := fmt.Sprintf("%s%d", prefix, i)
-		target := filepath.Join(shared, name)
-		if st.IsDir() {
-			err = os.Mkdir(target, 0o755)
-		} else {
-			var f *os.File
-			if f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err == nil {
-				f.Close()
-			}
+		if err := mountVolume(root, name, usernsFD, m, st.IsDir()); err != nil {
+			return nil, fmt.Errorf("mount %s: %w", m.HostPath, err)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("mount point for %s: %w", m.HostPath, err)
-		}
-		if err := unix.Mount(m.HostPath, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			os.Remove(target)
-			return nil, fmt.Errorf("bind %s: %w", m.HostPath, err)
-		}
-		if m.Readonly {
-			if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-				return nil, fmt.Errorf("make %s read-only: %w", m.HostPath, err)
-			}
-		}
-		prop := uintptr(unix.MS_PRIVATE)
-		switch m.Propagation {
-		case runtime.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
-			prop = unix.MS_SLAVE
-		case runtime.MountPropagation_PROPAGATION_BIDIRECTIONAL:
-			prop = unix.MS_SHARED
-		}
-		if err := unix.Mount("", target, "", prop|unix.MS_REC, ""); err != nil {
-			return nil, fmt.Errorf("set propagation of %s: %w", m.HostPath, err)
-		}
-		// Read-only is enforced by the host bind, which covers the top
+		// Read-only is enforced by the host mount, which covers the top
 		// mount only (CRI's non-recursive read-only): submounts stay
 		// writable. The guest cannot tell them apart over 9p.
 		opts := []string{"rbind", "rw"}
@@ -103,6 +122,68 @@ func shareMounts(shared, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, re
 		})
 	}
 	return out, nil
+}
+
+// mountVolume clones m.HostPath's mount tree, idmaps it to the VM's user
+// namespace (when the filesystems allow it), and attaches it on a new entry
+// name of the directory root, by fd.
+func mountVolume(root int, name string, usernsFD int, m *runtime.Mount, dir bool) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, m.HostPath, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return fmt.Errorf("clone mount: %w", err)
+	}
+	defer unix.Close(tree)
+	if usernsFD >= 0 {
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(usernsFD)}
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+			// A filesystem without idmapped mounts (NFS, FUSE...): the
+			// VM sees its files as owned by nobody.
+			klog.InfoS("volume cannot be idmapped; the pod sees it owned by nobody", "path", m.HostPath, "err", err)
+		}
+	}
+	if m.Readonly {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make read-only: %w", err)
+		}
+	}
+	var target int
+	if dir {
+		if err := unix.Mkdirat(root, name, 0o755); err != nil {
+			return fmt.Errorf("mount point: %w", err)
+		}
+		target, err = unix.Openat(root, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	} else {
+		var fd int
+		if fd, err = unix.Openat(root, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644); err == nil {
+			unix.Close(fd)
+			target, err = unix.Openat(root, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mount point: %w", err)
+	}
+	defer unix.Close(target)
+	var st unix.Stat_t
+	if err := unix.Fstat(target, &st); err != nil {
+		return err
+	}
+	if want := map[bool]uint32{true: unix.S_IFDIR, false: unix.S_IFREG}[dir]; st.Mode&unix.S_IFMT != want {
+		return fmt.Errorf("mount point %s was replaced", name)
+	}
+	if err := unix.MoveMount(tree, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach mount: %w", err)
+	}
+	prop := uint64(unix.MS_PRIVATE)
+	switch m.Propagation {
+	case runtime.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
+		prop = unix.MS_SLAVE
+	case runtime.MountPropagation_PROPAGATION_BIDIRECTIONAL:
+		prop = unix.MS_SHARED
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Propagation: prop}); err != nil {
+		return fmt.Errorf("set propagation: %w", err)
+	}
+	return nil
 }
 
 // unshareMounts unmounts and removes the shared entries starting with
@@ -152,6 +233,9 @@ func removeShared(shared string) error {
 	}
 	if err := unshareMounts(shared, ""); err != nil {
 		return err
+	}
+	if err := unix.Unmount(shared, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount shared directory: %w", err)
 	}
 	if err := os.Remove(shared); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove shared directory: %w", err)

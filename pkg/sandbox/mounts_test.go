@@ -21,7 +21,9 @@ func TestShareMounts(t *testing.T) {
 	}
 	host := t.TempDir()
 	shared := filepath.Join(t.TempDir(), "shared")
-	os.Mkdir(shared, 0o700)
+	if err := makeShared(shared); err != nil {
+		t.Fatal(err)
+	}
 	dir := filepath.Join(host, "dir")
 	os.Mkdir(dir, 0o755)
 	os.WriteFile(filepath.Join(dir, "keep"), []byte("precious"), 0o644)
@@ -29,7 +31,7 @@ func TestShareMounts(t *testing.T) {
 	os.WriteFile(file, []byte("f"), 0o644)
 	id := strings.Repeat("a", 64)
 
-	specMounts, err := shareMounts(shared, id, []*runtime.Mount{
+	specMounts, err := shareMounts(shared, "", id, []*runtime.Mount{
 		{ContainerPath: "/d", HostPath: dir, Readonly: true},
 		{ContainerPath: "/f", HostPath: file},
 		{ContainerPath: "/n", HostPath: filepath.Join(host, "new")},
@@ -51,7 +53,7 @@ func TestShareMounts(t *testing.T) {
 	}
 
 	// Bad input fails and leaves nothing mounted.
-	_, err = shareMounts(shared, strings.Repeat("b", 64), []*runtime.Mount{
+	_, err = shareMounts(shared, "", strings.Repeat("b", 64), []*runtime.Mount{
 		{ContainerPath: "/ok", HostPath: dir}, {ContainerPath: "relative", HostPath: dir},
 	})
 	if !errors.Is(err, ErrInvalid) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -134,6 +135,53 @@ func (m *Manager) sizeVM(c *vm.Config, cfg *runtime.PodSandboxConfig) {
 	c.MemoryMiB = int(mem)
 }
 
+// checkMemory refuses a VM bigger than the node: without a configured cap
+// (which sizeVM applies), the node's memory is the cap.
+func (m *Manager) checkMemory(mib int) error {
+	if m.cfg.MaxMemoryMiB > 0 {
+		return nil
+	}
+	total, err := nodeMemoryMiB()
+	if err != nil {
+		return fmt.Errorf("read node memory: %w", err)
+	}
+	if int64(mib) > total {
+		return fmt.Errorf("%w: the pod VM needs %d MiB of memory, more than the node has (%d MiB)", ErrInvalid, mib, total)
+	}
+	return nil
+}
+
+// nodeMemoryMiB is the host's MemTotal.
+func nodeMemoryMiB() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb >> 10, err
+		}
+	}
+	return 0, errors.New("no MemTotal in /proc/meminfo")
+}
+
+// podOOMScoreAdj is the VM's oom_score_adj by the pod's QoS class, read
+// from the cgroup parent kubelet gives it: the OOM killer picks best-effort
+// pod VMs first and guaranteed ones last, as kubelet ranks containers.
+func podOOMScoreAdj(cfg *runtime.PodSandboxConfig) int {
+	parent := strings.ToLower(cfg.GetLinux().GetCgroupParent())
+	switch {
+	case strings.Contains(parent, "besteffort"):
+		return 1000
+	case strings.Contains(parent, "burstable"):
+		return 500
+	case strings.Contains(parent, "kubepods"):
+		return -997
+	}
+	return 0
+}
+
 // RunPod boots the pod's VM and gives it the pod's identity. On failure
 // nothing is left: no VM, record or directory.
 func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, handler string) (_ *Pod, retErr error) {
@@ -163,6 +211,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	}
 	vc.ConsoleLog = filepath.Join(p.dir(), "console.log")
 	m.sizeVM(&vc, cfg)
+	if err := m.checkMemory(vc.MemoryMiB); err != nil {
+		return nil, err
+	}
+	cgParent, oomAdj := cfg.GetLinux().GetCgroupParent(), podOOMScoreAdj(cfg)
+	vc.CgroupParent, vc.OOMScoreAdj = cgParent, oomAdj
 	if err := os.MkdirAll(p.dir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -175,9 +228,10 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			return nil, fmt.Errorf("adopt warm VM: %w", err)
 		}
 		warm.Config.ConsoleLog = vc.ConsoleLog
+		warm.Config.CgroupParent, warm.Config.OOMScoreAdj = cgParent, oomAdj
 		vc = warm.Config
 		p.rec.Boot = BootPool
-	} else if err := os.MkdirAll(vc.SharedDir, 0o700); err != nil {
+	} else if err := makeShared(vc.SharedDir); err != nil {
 		os.RemoveAll(p.dir())
 		return nil, err
 	}
@@ -198,6 +252,16 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if warm != nil {
 		m.pool.adopted(warm)
 		v, client = warm.vm, warm.client
+		if c, ok := v.(vm.Confiner); ok {
+			if err := c.Confine(cgParent, oomAdj); err != nil {
+				client.Close()
+				v.Kill()
+				os.RemoveAll(p.dir())
+				removeShared(vc.SharedDir)
+				m.db.delete(podsBucket, id)
+				return nil, fmt.Errorf("move warm VM into the pod's cgroup: %w", err)
+			}
+		}
 	}
 	defer func() {
 		if retErr != nil {

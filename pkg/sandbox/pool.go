@@ -14,7 +14,6 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/cni"
-	"github.com/hyperlet/hyperlet/pkg/template"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -59,8 +58,14 @@ type pool struct {
 func (m *Manager) startVM(ctx context.Context, cfg vm.Config) (vm.VM, *agent.Client, vm.Config, string, error) {
 	if ts := m.cfg.Templates; ts != nil {
 		if t, ok := ts.Lookup(cfg); ok {
-			clone := template.Clone(cfg, t)
-			v, c, err := BootVM(ctx, m.hv, clone)
+			clone, err := ts.Clone(cfg, t)
+			var (
+				v vm.VM
+				c *agent.Client
+			)
+			if err == nil {
+				v, c, err = BootVM(ctx, m.hv, clone)
+			}
 			if err == nil {
 				seed := make([]byte, 64)
 				rand.Read(seed)
@@ -176,7 +181,7 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.ConsoleLog), 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.SharedDir, 0o700); err != nil {
+	if err := makeShared(cfg.SharedDir); err != nil {
 		return nil, err
 	}
 	// The record goes first: a daemon killed from here on finds and

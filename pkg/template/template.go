@@ -68,6 +68,9 @@ type Store struct {
 	builds singleflight.Group
 	mu     sync.Mutex
 	failed map[string]time.Time // key -> last failed build
+	// mem holds each template's RAM as a sealed memfd, loaded from its file
+	// once: clones map it private, and nothing can write to it.
+	mem map[string]*os.File
 }
 
 // Template is a complete template on disk.
@@ -107,7 +110,7 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("template inputs: %w", err)
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+	if err := SecureDir(o.Dir); err != nil {
 		return nil, fmt.Errorf("template dir: %w", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(o.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
@@ -118,7 +121,7 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("template dir %s is in use by another hyperlet: %w", o.Dir, err)
 	}
-	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}}
+	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}, mem: map[string]*os.File{}}
 	ents, err := os.ReadDir(o.Dir)
 	if err != nil {
 		lock.Close()
@@ -147,7 +150,15 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 
 // Close releases the directory for another store. Clones keep running:
 // their RAM file stays mapped.
-func (s *Store) Close() error { return s.lock.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for k, f := range s.mem {
+		f.Close()
+		delete(s.mem, k)
+	}
+	s.mu.Unlock()
+	return s.lock.Close()
+}
 
 // discardBuild removes an interrupted build and kills its VM if it runs.
 func (s *Store) discardBuild(ctx context.Context, path string) {
@@ -186,15 +197,100 @@ func (s *Store) Lookup(cfg vm.Config) (*Template, bool) {
 }
 
 // Clone returns cfg set up to resume from t.
-func Clone(cfg vm.Config, t *Template) vm.Config {
-	cfg.Memory = &vm.MemoryFile{Path: t.Memory}
+func (s *Store) Clone(cfg vm.Config, t *Template) (vm.Config, error) {
+	mem, err := s.memory(t)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Memory = &vm.MemoryFile{Path: t.Memory, File: mem}
 	cfg.Restore = t.State
 	if cfg.Net != nil {
 		n := *cfg.Net
 		n.MAC = t.MAC
 		cfg.Net = &n
 	}
-	return cfg
+	return cfg, nil
+}
+
+// memory returns t's RAM as a sealed memfd, loading it from its file the
+// first time.
+func (s *Store) memory(t *Template) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.mem[t.Key]; f != nil {
+		return f, nil
+	}
+	src, err := os.OpenFile(t.Memory, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("template memory: %w", err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return nil, err
+	}
+	f, err := newMemfd("template-"+t.Key[:12], st.Size())
+	if err != nil {
+		return nil, err
+	}
+	if err := copySparse(f, src, st.Size()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load template memory: %w", err)
+	}
+	if err := seal(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	s.mem[t.Key] = f
+	return f, nil
+}
+
+// newMemfd makes an anonymous RAM file of size bytes that can be sealed.
+func newMemfd(name string, size int64) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// seal makes a memfd immutable: no writes, no shared writable mappings, no
+// hole punching, no resizing, no unsealing.
+func seal(f *os.File) error {
+	_, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL)
+	if err != nil {
+		return fmt.Errorf("seal template memory: %w", err)
+	}
+	return nil
+}
+
+// copySparse copies the data regions of src's first size bytes into dst
+// (which is size bytes of zeros), leaving holes as holes.
+func copySparse(dst, src *os.File, size int64) error {
+	var off int64
+	for off < size {
+		data, err := unix.Seek(int(src.Fd()), off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(src.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.NewOffsetWriter(dst, data), io.NewSectionReader(src, data, hole-data)); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return nil
 }
 
 // retryAfter keeps a failing build from being retried by every pod.
@@ -267,7 +363,16 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	cfg.ID = id
 	cfg.Dir = s.vmDir(id)
 	cfg.ConsoleLog = filepath.Join(tmp, "console.log")
-	cfg.Memory = &vm.MemoryFile{Path: filepath.Join(tmp, memoryFile), Shared: true}
+	mem, err := newMemfd("template-build-"+suffix, int64(cfg.MemoryMiB)<<20)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			mem.Close()
+		}
+	}()
+	cfg.Memory = &vm.MemoryFile{Path: filepath.Join(tmp, memoryFile), File: mem, Shared: true}
 	cfg.Restore = ""
 	if cfg.Net != nil {
 		t.MAC = vm.RandomMAC()
@@ -276,10 +381,12 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	if cfg.SharedDir != "" {
 		// The device must exist for clones to have it; the guest mounts
 		// nothing before a pod is set up, so this stays empty.
-		cfg.SharedDir = filepath.Join(tmp, "shared")
-		if err := os.Mkdir(cfg.SharedDir, 0o700); err != nil {
+		// It is outside the template directory, which only root may enter.
+		cfg.SharedDir = cfg.Dir + ".share"
+		if err := os.Mkdir(cfg.SharedDir, 0o755); err != nil {
 			return nil, err
 		}
+		defer os.Remove(cfg.SharedDir)
 	}
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -309,7 +416,14 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	}
 	os.Remove(filepath.Join(tmp, vmFile))
 	os.Remove(cfg.ConsoleLog)
-	os.Remove(cfg.SharedDir)
+	// The builder is gone: seal its RAM for clones and keep a copy on disk
+	// for the next daemon.
+	if err := seal(mem); err != nil {
+		return nil, err
+	}
+	if err := saveMemory(filepath.Join(tmp, memoryFile), mem, int64(cfg.MemoryMiB)<<20); err != nil {
+		return nil, err
+	}
 	if err := syncFile(state); err != nil {
 		return nil, err
 	}
@@ -328,8 +442,27 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	if err := os.Rename(tmp, final); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	if old := s.mem[key]; old != nil {
+		old.Close()
+	}
+	s.mem[key] = mem
+	s.mu.Unlock()
 	klog.InfoS("VM template built", "key", key[:12], "vcpus", cfg.VCPUs, "memoryMiB", cfg.MemoryMiB, "took", t.BuildTime)
 	return t, nil
+}
+
+// saveMemory writes a template's RAM to path, sparse.
+func saveMemory(path string, mem *os.File, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return copySparse(f, mem, size)
 }
 
 // Templates lists the complete templates.
@@ -427,4 +560,53 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// SecureDir creates dir (mode 0700) if needed and checks that no one but
+// root can change it or any directory above it: every component is a real
+// directory (no symlink), owned by root, and writable by others only if
+// sticky (as /dev/shm is, where others cannot replace root's entries). dir
+// itself must be root's alone. RAM and device state of every clone live
+// there: whoever could write it would control those VMs.
+func SecureDir(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("%s: not an absolute path", dir)
+	}
+	dir = filepath.Clean(dir)
+	parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
+	cur := "/"
+	for i, p := range parts {
+		cur = filepath.Join(cur, p)
+		last := i == len(parts)-1
+		var st unix.Stat_t
+		err := unix.Lstat(cur, &st)
+		if errors.Is(err, unix.ENOENT) {
+			if err := unix.Mkdir(cur, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("create %s: %w", cur, err)
+			}
+			if err = unix.Lstat(cur, &st); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			return fmt.Errorf("%s is a symlink: refusing it as (part of) a root-only directory", cur)
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return fmt.Errorf("%s is not a directory", cur)
+		case st.Uid != 0:
+			return fmt.Errorf("%s is owned by uid %d, not root: refusing it", cur, st.Uid)
+		case last && st.Mode&0o022 != 0:
+			return fmt.Errorf("%s is writable by group or others (mode %o): refusing it", cur, st.Mode&0o7777)
+		case !last && st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+			return fmt.Errorf("%s is writable by group or others and not sticky (mode %o): refusing it", cur, st.Mode&0o7777)
+		}
+		if last && st.Mode&0o077 != 0 {
+			if err := unix.Chmod(cur, 0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

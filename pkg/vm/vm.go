@@ -69,6 +69,13 @@ type Config struct {
 
 	// Accel must be AccelKVM or AccelTCG; resolve AccelAuto with a probe first.
 	Accel Accel
+
+	// CgroupParent is the cgroup the VM's cgroup is made in (the pod's, as
+	// kubelet sends it: cgroupfs or systemd style); empty for the driver's
+	// default.
+	CgroupParent string `json:",omitempty"`
+	// OOMScoreAdj is the hypervisor process's oom_score_adj.
+	OOMScoreAdj int `json:",omitempty"`
 }
 
 // Validate checks a Config before anything is started.
@@ -86,17 +93,21 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("vm config: %d MiB memory is below 64 MiB", c.MemoryMiB)
 	case c.Accel != AccelKVM && c.Accel != AccelTCG:
 		return fmt.Errorf("vm config: accelerator %q must be resolved to kvm or tcg", c.Accel)
-	case c.Memory != nil && c.Memory.Path == "":
-		return errors.New("vm config: memory file without a path")
+	case c.Memory != nil && c.Memory.File == nil:
+		return errors.New("vm config: memory file not open")
 	case c.Restore != "" && (c.Memory == nil || c.Memory.Shared):
 		return errors.New("vm config: restoring needs the saved RAM file, mapped private")
 	}
 	return nil
 }
 
-// MemoryFile is a file that holds a VM's RAM.
+// MemoryFile is a file that holds a VM's RAM: a memfd, sealed against
+// writes for clones, so that no VM can change what another maps.
 type MemoryFile struct {
+	// Path names where the RAM is kept (for logs); File is what the VM
+	// maps.
 	Path string
+	File *os.File `json:"-"`
 	// Shared maps the file shared, so the guest's writes reach it (a
 	// template being built). Otherwise it is mapped private, copy-on-write:
 	// clones of one template share every page none of them wrote.
@@ -169,6 +180,12 @@ type Saver interface {
 	// RAM must be a shared Memory file, which then holds the RAM to go
 	// with the state. The caller stops the VM afterwards.
 	Save(ctx context.Context, path string) error
+}
+
+// Confiner is a VM whose host process can move to another cgroup parent
+// (a warm VM adopted by a pod).
+type Confiner interface {
+	Confine(cgroupParent string, oomScoreAdj int) error
 }
 
 // ErrNotRunning is returned for operations on a VM that has exited.

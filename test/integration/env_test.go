@@ -75,6 +75,10 @@ func runDir(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The jailed QEMU (an unprivileged uid) binds its files from here.
+	if err := os.Chmod(d, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }

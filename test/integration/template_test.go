@@ -79,7 +79,11 @@ func TestTemplateClones(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(c.SharedDir, "who"), []byte(mac), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		v, client, err := sandbox.BootVM(ctx, driver, template.Clone(c, tpl))
+		clone, err := store.Clone(c, tpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, client, err := sandbox.BootVM(ctx, driver, clone)
 		if err != nil {
 			t.Fatalf("clone %d: %v\nconsole:\n%s", i, err, readFile(c.ConsoleLog))
 		}

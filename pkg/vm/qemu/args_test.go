@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -17,21 +18,29 @@ func TestArgs(t *testing.T) {
 	}{
 		{vm.AccelTCG,
 			[]string{"-accel tcg,tb-size=32", "-M microvm,x-option-roms=off,rtc=off,acpi=off -accel", "-smp 2", "-m 512M", "hyperlet.v=2", "reboot=t", "-no-reboot",
-				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0", "path=/var/log/p1.console", "/run/h/p1/qmp.sock",
-				"local,id=shared,path=/run/h/shared/p1,security_model=passthrough", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet",
+				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0",
+				"-add-fd fd=3,set=1 -chardev file,id=con,path=/dev/fdset/1,append=on", "socket,id=qmp,fd=4,server=on", "socket,id=agent,fd=5,server=on",
+				"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+				"-kernel /vm/kernel -initrd /vm/initrd",
+				"local,id=shared,path=/share,security_model=mapped-xattr", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet",
 				"tsc=reliable", "virtio-balloon-device,free-page-reporting=on"},
-			[]string{"pit=off", "-cpu host", "-incoming", "memory-backend"}},
+			[]string{"pit=off", "-cpu host", "-incoming", "memory-backend", "exec:", "passthrough", "/run/h", "-pidfile"}},
 		{vm.AccelKVM,
 			[]string{"-accel kvm", "pit=off,pic=off", "-cpu host", "tsc=reliable"},
 			[]string{"tb-size"}},
 	}
 	clone := base
 	clone.Accel = vm.AccelTCG
-	clone.Memory = &vm.MemoryFile{Path: "/dev/shm/t/memory"}
+	clone.Memory = &vm.MemoryFile{Path: "/dev/shm/t/memory", File: os.Stdin}
 	clone.Restore = "/dev/shm/t/state"
 	clone.Net = &vm.NetDevice{MAC: "02:00:00:00:00:01"}
-	line := strings.Join((&Driver{}).args(clone), " ")
-	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/t/memory,share=off",
+	args, files := (&Driver{}).args(clone, launch{})
+	line := strings.Join(args, " ")
+	// console, qmp, agent, memory (fd 6), state (fd 7)
+	if len(files) != 5 || stateFD(files) != "7" {
+		t.Errorf("clone inherits %d files, state on fd %s", len(files), stateFD(files))
+	}
+	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/6,share=off",
 		"-incoming defer", "-netdev hubport,id=net0,hubid=0", "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("clone: command line lacks %q:\n%s", w, line)
@@ -41,7 +50,8 @@ func TestArgs(t *testing.T) {
 	for _, tc := range tests {
 		cfg := base
 		cfg.Accel = tc.accel
-		line := strings.Join(d.args(cfg), " ")
+		args, _ := d.args(cfg, launch{})
+		line := strings.Join(args, " ")
 		for _, w := range tc.want {
 			if !strings.Contains(line, w) {
 				t.Errorf("%s: command line lacks %q:\n%s", tc.accel, w, line)

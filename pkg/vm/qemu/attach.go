@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,6 +33,7 @@ func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
 	v := &instance{
 		cfg: cfg,
 		pid: pid,
+		drv: d,
 		signal: func(s os.Signal) error {
 			err := unix.PidfdSendSignal(pidfd, s.(syscall.Signal), nil, 0)
 			if err == unix.ESRCH {
@@ -51,6 +53,10 @@ func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
 			return &vm.ExitError{ID: cfg.ID, Reason: "exited while attached (status not observable)"}
 		},
 		exited: make(chan struct{}),
+	}
+	if err := d.reserveAttached(v); err != nil && !errors.Is(err, errNotJailed) {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
 	}
 	go v.wait()
 	if err := v.waitQMP(ctx); err != nil {

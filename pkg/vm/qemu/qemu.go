@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
+	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -33,6 +34,8 @@ type Driver struct {
 	Binary string
 	// TCGCacheMiB bounds TCG's translation cache (host memory per VM).
 	TCGCacheMiB int
+	// Jail confines every QEMU; zero fields take defaults.
+	Jail JailOptions
 }
 
 var _ vm.Hypervisor = (*Driver)(nil)
@@ -40,10 +43,12 @@ var _ vm.Hypervisor = (*Driver)(nil)
 // Files in a VM's directory. Short names: unix socket paths are limited to
 // 107 bytes.
 const (
-	qmpSock   = "qmp.sock"
-	agentSock = "agent.sock"
-	pidFile   = "qemu.pid"
-	errFile   = "qemu.err"
+	qmpSock     = "qmp.sock"
+	agentSock   = "agent.sock"
+	pidFile     = "qemu.pid"
+	errFile     = "qemu.err"
+	consoleFIFO = "console.fifo"
+	jailRoot    = "root"
 )
 
 // maxSockPath is the longest unix socket path the kernel accepts.
@@ -62,8 +67,39 @@ var defaultKernelArgs = []string{
 	"tsc=reliable",
 }
 
-// args returns QEMU's command line for cfg.
-func (d *Driver) args(cfg vm.Config) []string {
+// Paths inside a VM's jail.
+const (
+	jailKernel = "/vm/kernel"
+	jailInitrd = "/vm/initrd"
+	jailShare  = "/share"
+	jailQEMU   = "/vm/qemu"
+)
+
+// sandboxArgs turn on QEMU's seccomp filter: no obsolete syscalls, no
+// setuid/setgid, no fork or exec, no scheduler or resource changes.
+const sandboxArgs = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// fds numbers the files QEMU inherits: fd 3 is the first.
+type fds struct{ files []*os.File }
+
+func (f *fds) add(file *os.File) string {
+	f.files = append(f.files, file)
+	return strconv.Itoa(2 + len(f.files))
+}
+
+// launch is what one QEMU start passes in: the files it inherits.
+type launch struct {
+	qmp, agent, console, state *os.File
+}
+
+// args returns QEMU's command line for cfg, as seen inside its jail, and
+// the files it inherits.
+func (d *Driver) args(cfg vm.Config, l launch) ([]string, []*os.File) {
+	var f fds
+	tapFD := ""
+	if cfg.Net != nil && cfg.Net.Tap != nil {
+		tapFD = f.add(cfg.Net.Tap) // fd 3
+	}
 	machine := "microvm,x-option-roms=off,rtc=off,acpi=off"
 	accel := "tcg"
 	cpu := "max"
@@ -80,48 +116,51 @@ func (d *Driver) args(cfg vm.Config) []string {
 		machine += ",memory-backend=mem"
 	}
 	kargs := append(append([]string{}, defaultKernelArgs...), cfg.KernelArgs...)
-	dir := cfg.Dir
 	args := []string{
 		"-name", "hyperlet-" + cfg.ID,
+		"-sandbox", sandboxArgs,
 		"-M", machine,
 		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.VCPUs),
 		"-m", strconv.Itoa(cfg.MemoryMiB) + "M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-		"-kernel", cfg.Kernel,
-		"-initrd", cfg.Initrd,
+		"-kernel", jailKernel,
+		"-initrd", jailInitrd,
 		"-append", strings.Join(kargs, " "),
-		"-chardev", "file,id=con,path=" + cfg.ConsoleLog,
+		// The console goes to a pipe the daemon copies, capped, to the log.
+		"-add-fd", "fd=" + f.add(l.console) + ",set=1",
+		"-chardev", "file,id=con,path=/dev/fdset/1,append=on",
 		"-serial", "chardev:con",
-		"-chardev", "socket,id=qmp,path=" + filepath.Join(dir, qmpSock) + ",server=on,wait=off",
+		// Both sockets are the daemon's: QEMU only accepts on them.
+		"-chardev", "socket,id=qmp,fd=" + f.add(l.qmp) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path=" + filepath.Join(dir, agentSock) + ",server=on,wait=off",
+		"-chardev", "socket,id=agent,fd=" + f.add(l.agent) + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=" + agentapi.Port,
 		"-device", "virtio-scsi-device,id=scsi0",
 		"-device", "virtio-rng-device",
-		// Free page reporting: pages the guest frees go back to the host
-		// (for a clone, its copy-on-write copies are dropped).
+		// Free page reporting: pages the guest frees go back to the host.
+		// (A clone's RAM is a sealed memfd: QEMU 7.2 would punch holes in
+		// it, which the seal refuses, so clones keep their freed pages.)
 		"-device", "virtio-balloon-device,free-page-reporting=on",
-		"-pidfile", filepath.Join(dir, pidFile),
 	}
 	if m := cfg.Memory; m != nil {
 		share := "off"
 		if m.Shared {
 			share = "on"
 		}
-		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s",
-			cfg.MemoryMiB, m.Path, share))
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=/proc/self/fd/%s,share=%s",
+			cfg.MemoryMiB, f.add(m.File), share))
 	}
 	if cfg.Restore != "" {
 		// Wait for migrate-incoming, sent once x-ignore-shared is set.
 		args = append(args, "-incoming", "defer")
+		f.add(l.state)
 	}
 	if cfg.Net != nil {
-		// The tap queue is the child's fd 3 (the first of ExtraFiles). A
-		// NIC without a tap (a template's) sits alone on a hub.
-		backend := "tap,id=net0,fd=3"
+		// A NIC without a tap (a template's) sits alone on a hub.
+		backend := "tap,id=net0,fd=" + tapFD
 		if cfg.Net.Tap == nil {
 			backend = "hubport,id=net0,hubid=0"
 		}
@@ -131,15 +170,21 @@ func (d *Driver) args(cfg vm.Config) []string {
 	}
 	if cfg.SharedDir != "" {
 		// Files the host shares with the pod (volumes), over virtio-9p.
-		// Ownership passes through; submounts get distinct inode numbers.
+		// Guest ownership, modes, device nodes and setuid bits live in
+		// xattrs, never in the host's inodes; submounts get distinct inode
+		// numbers.
 		args = append(args,
-			"-fsdev", "local,id=shared,path="+cfg.SharedDir+",security_model=passthrough,multidevs=remap",
+			"-fsdev", "local,id=shared,path="+jailShare+",security_model=mapped-xattr,multidevs=remap",
 			"-device", "virtio-9p-device,fsdev=shared,mount_tag="+agentapi.SharedFSTag)
 	}
-	return args
+	return args, f.files
 }
 
-// Start boots a VM; see vm.Hypervisor.
+// stateFD is the fd number of the saved state a clone loads: the last file
+// args adds when cfg.Restore is set.
+func stateFD(files []*os.File) string { return strconv.Itoa(2 + len(files)) }
+
+// Start boots a VM in its jail; see vm.Hypervisor.
 func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -150,7 +195,12 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	if p := filepath.Join(cfg.Dir, agentSock); len(p) > maxSockPath {
 		return nil, fmt.Errorf("vm dir %s: socket path %d bytes long, limit is %d", cfg.Dir, len(p), maxSockPath)
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(cfg.Dir), 0o711); err != nil {
+		return nil, fmt.Errorf("create vm dir: %w", err)
+	}
+	// Traversable, not listable: the jail helper (an unprivileged uid)
+	// mounts on its root/ inside.
+	if err := os.Mkdir(cfg.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("create vm dir: %w", err)
 	}
 	defer func() {
@@ -158,46 +208,68 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 			os.RemoveAll(cfg.Dir)
 		}
 	}()
-	errOut, err := os.Create(filepath.Join(cfg.Dir, errFile))
+	j, err := d.prepare(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("create qemu error log: %w", err)
+		return nil, err
 	}
-	defer errOut.Close()
-
-	bin := d.Binary
-	if bin == "" {
-		bin = DefaultBinary
+	defer j.close()
+	if cfg.Restore != "" {
+		if j.l.state, err = openNoFollow(cfg.Restore, os.O_RDONLY); err != nil {
+			return nil, fmt.Errorf("open saved state: %w", err)
+		}
 	}
-	cmd := exec.Command(bin, d.args(cfg)...)
-	cmd.Stdout, cmd.Stderr = errOut, errOut
-	if cfg.Net != nil && cfg.Net.Tap != nil {
-		cmd.ExtraFiles = []*os.File{cfg.Net.Tap}
+	args, files := d.args(cfg, j.l)
+	cmd, err := jail.Command(d.jailSpec(cfg, args), j.ids, files)
+	if err != nil {
+		return nil, err
 	}
-	// Its own session: a VM outlives the daemon that started it, and signals
-	// sent to the daemon's process group do not reach it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Stdout, cmd.Stderr = j.errW, j.errW
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+		return nil, fmt.Errorf("start jailed qemu: %w", err)
 	}
+	// QEMU holds its own copies now; the copiers see EOF when it exits.
+	j.handOver()
+	j.close()
+	pid := cmd.Process.Pid
 	v := &instance{
 		cfg:     cfg,
-		pid:     cmd.Process.Pid,
+		pid:     pid,
+		drv:     d,
+		ids:     j.ids,
+		cgroup:  j.cgroup,
+		release: d.jail().IDs.Put,
 		signal:  cmd.Process.Signal,
 		waitPID: func() error { return exitError(cfg.ID, cmd.Wait()) },
 		exited:  make(chan struct{}),
 	}
+	v.copyOutput(j.consoleR, cfg.ConsoleLog, d.jail().ConsoleLimit, j.errR)
 	go v.wait()
-	klog.V(2).InfoS("qemu started", "vm", cfg.ID, "pid", cmd.Process.Pid, "accel", cfg.Accel)
+	// Confine it before it runs anything of QEMU's.
+	err = j.cgroup.Add(pid)
+	if err == nil {
+		err = jail.SetOOMScoreAdj(pid, cfg.OOMScoreAdj)
+	}
+	if err == nil {
+		err = writePidFile(cfg.Dir, pid)
+	}
+	if err != nil {
+		cmd.Abort()
+		<-v.exited
+		return nil, fmt.Errorf("vm %s: confine qemu: %w", cfg.ID, err)
+	}
+	if err := cmd.Release(); err != nil {
+		v.Kill()
+		return nil, fmt.Errorf("vm %s: release jailed qemu: %w%s", cfg.ID, err, v.stderrSuffix())
+	}
+	klog.V(2).InfoS("qemu started", "vm", cfg.ID, "pid", pid, "uid", j.ids.UID, "accel", cfg.Accel)
 
 	if err := v.waitQMP(ctx); err != nil {
 		v.Kill()
-		<-v.exited
 		return nil, fmt.Errorf("vm %s: %w%s", cfg.ID, err, v.stderrSuffix())
 	}
 	if cfg.Restore != "" {
-		if err := v.restore(ctx, cfg.Restore); err != nil {
+		if err := v.restore(ctx, stateFD(files)); err != nil {
 			v.Kill()
-			<-v.exited
 			return nil, fmt.Errorf("vm %s: restore: %w%s", cfg.ID, err, v.stderrSuffix())
 		}
 	}
@@ -210,11 +282,13 @@ var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability"
 
 // restore loads a saved device state into a VM started with -incoming defer
 // and resumes it.
-func (v *instance) restore(ctx context.Context, state string) error {
+func (v *instance) restore(ctx context.Context, stateFD string) error {
 	if _, err := v.execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
 		return err
 	}
-	if _, err := v.execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+	// The state is a file QEMU inherited: no exec: URI, which its seccomp
+	// filter (spawn=deny) would refuse anyway.
+	if _, err := v.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + stateFD}); err != nil {
 		return err
 	}
 	if err := v.waitMigration(ctx); err != nil {
@@ -230,15 +304,23 @@ func (v *instance) Save(ctx context.Context, path string) error {
 	if v.cfg.Memory == nil || !v.cfg.Memory.Shared {
 		return fmt.Errorf("save vm %s: its RAM is not a shared memory file", v.cfg.ID)
 	}
+	f, err := openNoFollow(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
+	}
+	defer f.Close()
 	for _, c := range []struct {
 		cmd  string
 		args any
+		fd   *os.File
 	}{
-		{"stop", nil},
-		{"migrate-set-capabilities", ignoreShared},
-		{"migrate", map[string]any{"uri": "exec:cat >" + shellQuote(path)}},
+		{"stop", nil, nil},
+		{"migrate-set-capabilities", ignoreShared, nil},
+		// The state file goes to QEMU over the QMP socket.
+		{"getfd", map[string]any{"fdname": "state"}, f},
+		{"migrate", map[string]any{"uri": "fd:state"}, nil},
 	} {
-		if _, err := v.execute(ctx, c.cmd, c.args); err != nil {
+		if _, err := v.executeFD(ctx, c.cmd, c.args, c.fd); err != nil {
 			return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
 		}
 	}
@@ -276,11 +358,6 @@ func (v *instance) waitMigration(ctx context.Context) error {
 	}
 }
 
-// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 // instance is one QEMU process, started by this process or attached to
 // after a daemon restart.
 type instance struct {
@@ -288,6 +365,12 @@ type instance struct {
 	pid     int
 	signal  func(os.Signal) error
 	waitPID func() error // blocks until QEMU exits; nil error for a clean exit
+
+	drv     *Driver
+	ids     jail.IDs
+	cgroup  *jail.Cgroup
+	release func(jail.IDs)
+	output  sync.WaitGroup // the console and stderr copiers
 
 	mu         sync.Mutex
 	nextTarget int
@@ -314,6 +397,7 @@ func (v *instance) Exited() <-chan struct{} {
 // wait reaps QEMU and removes everything the VM had on disk, however it ended.
 func (v *instance) wait() {
 	err := v.waitPID()
+	v.output.Wait()
 	v.stderr = readTail(filepath.Join(v.cfg.Dir, errFile), 2048)
 	v.mu.Lock()
 	stopping := v.stopping
@@ -325,6 +409,17 @@ func (v *instance) wait() {
 	}
 	if rmErr := os.RemoveAll(v.cfg.Dir); rmErr != nil {
 		klog.ErrorS(rmErr, "remove vm dir", "vm", v.cfg.ID)
+	}
+	v.mu.Lock()
+	cg := v.cgroup
+	v.mu.Unlock()
+	if cg != nil {
+		if cgErr := cg.Remove(); cgErr != nil {
+			klog.ErrorS(cgErr, "remove vm cgroup", "vm", v.cfg.ID)
+		}
+	}
+	if v.release != nil {
+		v.release(v.ids)
 	}
 	klog.V(2).InfoS("qemu exited", "vm", v.cfg.ID, "err", err)
 	close(v.exited)
@@ -360,6 +455,8 @@ func (v *instance) stderrSuffix() string {
 // waitQMP waits until QEMU answers on its QMP socket.
 func (v *instance) waitQMP(ctx context.Context) error {
 	path := filepath.Join(v.cfg.Dir, qmpSock)
+	ctx, cancel := v.aliveContext(ctx)
+	defer cancel()
 	for {
 		q, err := dialQMP(ctx, path)
 		if err == nil {
@@ -375,7 +472,25 @@ func (v *instance) waitQMP(ctx context.Context) error {
 	}
 }
 
+// aliveContext is ctx, also cancelled when QEMU exits.
+func (v *instance) aliveContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-v.exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return v.executeFD(ctx, cmd, args, nil)
+}
+
+// executeFD runs a QMP command, passing fd with it when not nil.
+func (v *instance) executeFD(ctx context.Context, cmd string, args any, fd *os.File) (json.RawMessage, error) {
 	select {
 	case <-v.exited:
 		return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, vm.ErrNotRunning)
@@ -383,12 +498,14 @@ func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawM
 	}
 	// One connection per command: QMP serves one client at a time, and
 	// nothing stays connected that a daemon restart would have to undo.
+	ctx, cancel := v.aliveContext(ctx)
+	defer cancel()
 	q, err := dialQMP(ctx, filepath.Join(v.cfg.Dir, qmpSock))
 	if err != nil {
 		return nil, err
 	}
 	defer q.close()
-	return q.execute(ctx, cmd, args)
+	return q.executeFD(ctx, cmd, args, fd)
 }
 
 // AddDisk attaches a file as a SCSI disk on the VM's virtio-scsi controller.

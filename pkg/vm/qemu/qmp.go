@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is a client of the QEMU Machine Protocol: one command at a time,
@@ -39,6 +42,10 @@ func dialQMP(ctx context.Context, path string) (*qmp, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
+	// The socket is the daemon's: a QEMU that died before accepting leaves
+	// a connection no greeting ever comes on.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	var greeting qmpResponse
 	if err := q.readMsg(&greeting); err != nil || greeting.QMP == nil {
 		conn.Close()
@@ -63,6 +70,12 @@ func (q *qmp) readMsg(v *qmpResponse) error {
 
 // execute runs one command and returns its "return" value.
 func (q *qmp) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.executeFD(ctx, cmd, args, nil)
+}
+
+// executeFD runs one command, passing fd (SCM_RIGHTS) with it if not nil,
+// as getfd and add-fd expect.
+func (q *qmp) executeFD(ctx context.Context, cmd string, args any, fd *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	req := map[string]any{"execute": cmd}
@@ -77,7 +90,16 @@ func (q *qmp) execute(ctx context.Context, cmd string, args any) (json.RawMessag
 		q.conn.SetDeadline(dl)
 		defer q.conn.SetDeadline(time.Time{})
 	}
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	b = append(b, '\n')
+	if fd != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: fd passing needs a unix socket", cmd)
+		}
+		if _, _, err := uc.WriteMsgUnix(b, unix.UnixRights(int(fd.Fd())), nil); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	} else if _, err := q.conn.Write(b); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {
