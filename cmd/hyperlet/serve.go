@@ -23,6 +23,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/cri"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 	"github.com/hyperlet/hyperlet/pkg/template"
 	"github.com/hyperlet/hyperlet/pkg/vm"
@@ -48,7 +49,14 @@ func setup(o options) (*env, error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	return &env{cfg: cfg, o: o, driver: &qemu.Driver{Binary: cfg.VM.QEMU, TCGCacheMiB: cfg.VM.TCGCacheMiB}}, nil
+	ids, err := jail.NewAllocator(cfg.Jail.UIDBase, cfg.Jail.MaxVMs)
+	if err != nil {
+		return nil, err
+	}
+	return &env{cfg: cfg, o: o, driver: &qemu.Driver{Binary: cfg.VM.QEMU, TCGCacheMiB: cfg.VM.TCGCacheMiB, Jail: qemu.JailOptions{
+		IDs: ids, CgroupParent: cfg.Jail.CgroupParent, MemoryOverheadMiB: cfg.Jail.MemoryOverheadMiB,
+		Pids: cfg.Jail.Pids, NoFile: cfg.Jail.NoFile, ConsoleLimit: cfg.Jail.ConsoleLimitBytes,
+	}}}, nil
 }
 
 // lockRoot makes sure one daemon owns root and state.
@@ -170,7 +178,10 @@ func serve(o options) error {
 	if e.cfg.VM.Templates {
 		// Templates only make pods start faster: without them (no guest
 		// image yet, directory in use) pods boot.
-		if templates, err = e.openTemplates(ctx); err != nil {
+		if templates, err = e.openTemplates(ctx); errors.Is(err, template.ErrInsecureDir) {
+			// Whoever can write there controls every clone's memory.
+			return fmt.Errorf("vm.template_dir: %w", err)
+		} else if err != nil {
 			klog.ErrorS(err, "VM templates off")
 		} else {
 			defer templates.Close()
@@ -215,7 +226,7 @@ func serve(o options) error {
 	defer streamer.Stop()
 
 	svc := cri.New(cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state))
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary))
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary, cri.RecoverUnary), grpc.ChainStreamInterceptor(cri.RecoverStream))
 	svc.Register(g)
 
 	sigs := make(chan os.Signal, 1)

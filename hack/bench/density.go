@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -74,7 +75,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	if err != nil {
 		return err
 	}
-	leftVMs := len(processesMatching(filepath.Join(b.work, m.name, "state", "vms"))) - readVMStatus(ctx, e).Pool.Ready
+	leftVMs := len(qemu.RunningPIDs(filepath.Join(b.work, m.name, "state", "vms"))) - readVMStatus(ctx, e).Pool.Ready
 	leftNS := 0
 	if ents, err := os.ReadDir("/var/run/netns"); err == nil {
 		for _, ent := range ents {

@@ -18,6 +18,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/hyperlet/hyperlet/pkg/config"
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
 
 // endpoint is one CRI runtime under test: a daemon this program started,
@@ -196,7 +197,7 @@ endpoint = ["http://%s"]
 	}
 	e.cleanup = func() {
 		// Nothing of a pod may survive; kill what a failed run left.
-		for _, pid := range processesMatching(state) {
+		for _, pid := range qemu.RunningPIDs(state) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		os.RemoveAll(tplDir)

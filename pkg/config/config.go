@@ -31,6 +31,25 @@ type Config struct {
 	// port-forward) listens; port 0 picks a free one.
 	StreamAddress string   `toml:"stream_address"`
 	Registry      Registry `toml:"registry"`
+	Jail          Jail     `toml:"jail"`
+}
+
+// Jail confines each VM's QEMU (docs/security.md).
+type Jail struct {
+	// UIDBase is the first host uid and gid of VM id ranges; each VM runs
+	// as its own range of 65536 ids, up to MaxVMs of them.
+	UIDBase uint32 `toml:"uid_base"`
+	MaxVMs  int    `toml:"max_vms"`
+	// CgroupParent holds the cgroups of VMs no pod names one for (warm
+	// VMs, template builds).
+	CgroupParent string `toml:"cgroup_parent"`
+	// MemoryOverheadMiB is added to a VM's RAM for its cgroup memory limit.
+	MemoryOverheadMiB int `toml:"memory_overhead_mib"`
+	// Pids is each VM cgroup's pids limit; NoFile QEMU's RLIMIT_NOFILE.
+	Pids   int64  `toml:"pids"`
+	NoFile uint64 `toml:"nofile"`
+	// ConsoleLimitBytes caps each VM's console log.
+	ConsoleLimitBytes int64 `toml:"console_limit_bytes"`
 }
 
 // CNI locates the pod network configuration and plugins.
@@ -127,6 +146,9 @@ func Default() Config {
 		Templates:   true,
 		TemplateDir: "/dev/shm/hyperlet/templates",
 		PoolSize:    1,
+	}, Jail: Jail{
+		UIDBase: 2_000_000_000, MaxVMs: 1024, CgroupParent: "hyperlet",
+		MemoryOverheadMiB: 256, Pids: 512, NoFile: 4096, ConsoleLimitBytes: 1 << 20,
 	}}
 }
 
@@ -165,6 +187,12 @@ func (c Config) Validate() error {
 	}
 	if c.VM.Kernel == "" || c.VM.Initrd == "" {
 		return errors.New("vm.kernel and vm.initrd must be set")
+	}
+	if c.Jail.UIDBase < 65536 || c.Jail.MaxVMs < 1 || uint64(c.Jail.UIDBase)+uint64(c.Jail.MaxVMs)*65536 >= 1<<32-1 {
+		return fmt.Errorf("jail.uid_base %d and jail.max_vms %d: the id ranges must lie within 65536..2^32-2", c.Jail.UIDBase, c.Jail.MaxVMs)
+	}
+	if c.Jail.ConsoleLimitBytes < 4096 {
+		return fmt.Errorf("jail.console_limit_bytes: %d is below 4096", c.Jail.ConsoleLimitBytes)
 	}
 	return nil
 }

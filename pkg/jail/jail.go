@@ -94,8 +94,8 @@ func Command(spec Spec, ids IDs, files []*os.File) (*Cmd, error) {
 		SysProcAttr: &syscall.SysProcAttr{
 			// Its own session: a VM outlives the daemon that started it,
 			// and signals sent to the daemon's process group miss it.
-			Setsid:     true,
-			Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+			Setsid:      true,
+			Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
 			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.UID), Size: IDsPerVM}},
 			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(ids.GID), Size: IDsPerVM}},
 			// Drop the daemon's supplementary groups (host root's), which

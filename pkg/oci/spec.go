@@ -7,10 +7,12 @@ package oci
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -372,7 +374,7 @@ func seccompProfile(p *runtime.SecurityProfile, s *specs.Spec) (*specs.LinuxSecc
 		if !path.IsAbs(ref) {
 			return nil, fmt.Errorf("%w: seccomp localhost profile %q is not an absolute path", ErrInvalid, ref)
 		}
-		b, err := os.ReadFile(ref)
+		b, err := readProfile(ref)
 		if err != nil {
 			return nil, fmt.Errorf("%w: seccomp profile: %v", ErrInvalid, err)
 		}
@@ -383,6 +385,37 @@ func seccompProfile(p *runtime.SecurityProfile, s *specs.Spec) (*specs.LinuxSecc
 		return sp, nil
 	}
 	return nil, fmt.Errorf("%w: seccomp profile type %v", ErrInvalid, p.GetProfileType())
+}
+
+// MaxSeccompProfileBytes bounds a Localhost seccomp profile (Docker's
+// default profile is about 20 KiB).
+const MaxSeccompProfileBytes = 1 << 20
+
+// readProfile reads a regular file of at most MaxSeccompProfileBytes.
+func readProfile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Size() > MaxSeccompProfileBytes {
+		return nil, fmt.Errorf("%s is %d bytes, more than the %d allowed", path, st.Size(), MaxSeccompProfileBytes)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxSeccompProfileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxSeccompProfileBytes {
+		return nil, fmt.Errorf("%s grew past %d bytes", path, MaxSeccompProfileBytes)
+	}
+	return b, nil
 }
 
 // Resources maps CRI resources to OCI cgroup limits.

@@ -199,6 +199,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		c.rec.ImageRef = img.RepoDigests[0]
 	}
 	if dir, lp := pod.cfg.GetLogDirectory(), cfg.GetLogPath(); dir != "" && lp != "" {
+		if !filepath.IsAbs(dir) || !filepath.IsLocal(lp) {
+			return nil, fmt.Errorf("%w: log path %q must be relative and inside the pod's log directory %q", ErrInvalid, lp, dir)
+		}
 		c.rec.LogPath = filepath.Join(dir, lp)
 	}
 	c.release = release

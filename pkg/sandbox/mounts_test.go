@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,5 +75,74 @@ func TestShareMounts(t *testing.T) {
 	}
 	if err := unshareMounts("", ""); err == nil {
 		t.Error("unshareMounts accepted an empty directory")
+	}
+}
+
+// TestShareMountsRace: an attacker that can write the share (root here,
+// which the guest is not) keeps replacing new entries with symlinks to a
+// canary directory while volumes are mounted 200 times. Mount points are
+// opened by fd without following symlinks, so the canary is never mounted
+// over and every mount is where it should be.
+func TestShareMountsRace(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test needs root (mounts), as hyperlet itself does")
+	}
+	base := t.TempDir()
+	canary := filepath.Join(base, "canary")
+	os.Mkdir(canary, 0o755)
+	src := filepath.Join(base, "src")
+	os.Mkdir(src, 0o755)
+	os.WriteFile(filepath.Join(src, "payload"), []byte("volume"), 0o644)
+	shared := filepath.Join(base, "shared")
+	if err := makeShared(shared); err != nil {
+		t.Fatal(err)
+	}
+	defer removeShared(shared)
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var swaps int
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ents, _ := os.ReadDir(shared)
+			for _, e := range ents {
+				p := filepath.Join(shared, e.Name())
+				if os.Remove(p) == nil && os.Symlink(canary, p) == nil {
+					swaps++
+				}
+			}
+		}
+	}()
+	var mounted int
+	for i := 0; i < 200; i++ {
+		id := fmt.Sprintf("%064x", i)
+		_, err := shareMounts(shared, "", id, []*runtime.Mount{{ContainerPath: "/v", HostPath: src}})
+		if err == nil {
+			mounted++
+			b, err := os.ReadFile(filepath.Join(shared, id[:16]+"-0", "payload"))
+			if err != nil || string(b) != "volume" {
+				t.Errorf("mount %d not at its entry: %q %v", i, b, err)
+			}
+		}
+		unshareMounts(shared, id[:16]+"-")
+		if ents, _ := os.ReadDir(canary); len(ents) != 0 {
+			t.Fatalf("iteration %d: the canary was mounted over: %v", i, ents)
+		}
+	}
+	close(stop)
+	<-done
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), " "+canary+" ") {
+		t.Errorf("canary is a mount point:\n%s", mi)
+	}
+	t.Logf("%d of 200 mounts made, %d entries swapped for symlinks", mounted, swaps)
+	if swaps == 0 {
+		t.Error("the attacker never got to swap an entry: the test raced nothing")
 	}
 }

@@ -363,6 +363,8 @@ func (s *Store) build(ctx context.Context, key string, cfg vm.Config) (_ *Templa
 	cfg.ID = id
 	cfg.Dir = s.vmDir(id)
 	cfg.ConsoleLog = filepath.Join(tmp, "console.log")
+	// The builder belongs to no pod (whichever pod asked first).
+	cfg.CgroupParent, cfg.OOMScoreAdj = "", 0
 	mem, err := newMemfd("template-build-"+suffix, int64(cfg.MemoryMiB)<<20)
 	if err != nil {
 		return nil, err
@@ -562,6 +564,9 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
+// ErrInsecureDir is a template directory others could write.
+var ErrInsecureDir = errors.New("insecure template directory")
+
 // SecureDir creates dir (mode 0700) if needed and checks that no one but
 // root can change it or any directory above it: every component is a real
 // directory (no symlink), owned by root, and writable by others only if
@@ -592,15 +597,15 @@ func SecureDir(dir string) error {
 		}
 		switch {
 		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
-			return fmt.Errorf("%s is a symlink: refusing it as (part of) a root-only directory", cur)
+			return fmt.Errorf("%w: %s is a symlink", ErrInsecureDir, cur)
 		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 			return fmt.Errorf("%s is not a directory", cur)
 		case st.Uid != 0:
-			return fmt.Errorf("%s is owned by uid %d, not root: refusing it", cur, st.Uid)
+			return fmt.Errorf("%w: %s is owned by uid %d, not root", ErrInsecureDir, cur, st.Uid)
 		case last && st.Mode&0o022 != 0:
-			return fmt.Errorf("%s is writable by group or others (mode %o): refusing it", cur, st.Mode&0o7777)
+			return fmt.Errorf("%w: %s is writable by group or others (mode %o)", ErrInsecureDir, cur, st.Mode&0o7777)
 		case !last && st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
-			return fmt.Errorf("%s is writable by group or others and not sticky (mode %o): refusing it", cur, st.Mode&0o7777)
+			return fmt.Errorf("%w: %s is writable by group or others and not sticky (mode %o)", ErrInsecureDir, cur, st.Mode&0o7777)
 		}
 		if last && st.Mode&0o077 != 0 {
 			if err := unix.Chmod(cur, 0o700); err != nil {

@@ -111,3 +111,48 @@ func TestKeyCoversShape(t *testing.T) {
 		}
 	}
 }
+
+func TestSecureDir(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test needs root, as hyperlet does")
+	}
+	base := t.TempDir()
+	os.Chmod(base, 0o755)
+	other := filepath.Join(base, "other")
+	os.Mkdir(other, 0o700)
+	os.Chown(other, 1234, 1234)
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	link := filepath.Join(base, "link")
+	os.Symlink(base, link)
+	readable := filepath.Join(base, "readable")
+	os.Mkdir(readable, 0o755)
+	tests := []struct {
+		name, dir string
+		wantErr   bool
+	}{
+		{"created", filepath.Join(base, "new", "templates"), false},
+		{"owned by another user", other, true},
+		{"below another user's directory", filepath.Join(other, "t"), true},
+		{"world-writable", open, true},
+		{"below a world-writable non-sticky directory", filepath.Join(open, "t"), true},
+		{"through a symlink", filepath.Join(link, "t"), true},
+		{"readable by others is tightened", readable, false},
+		{"relative", "templates", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := SecureDir(tc.dir)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("SecureDir(%s) = %v, want error %v", tc.dir, err, tc.wantErr)
+			}
+			if err == nil {
+				st, _ := os.Stat(tc.dir)
+				if st.Mode().Perm() != 0o700 {
+					t.Errorf("mode %o, want 700", st.Mode().Perm())
+				}
+			}
+		})
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
 
 // The CRI suite runs the hyperlet daemon as kubelet would: a real binary on
@@ -101,7 +102,16 @@ func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 			vmConf = append(vmConf, def)
 		}
 	}
-	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+	// "jail.key = value" lines go to the [jail] section.
+	var jailConf []string
+	vmConf = slices.DeleteFunc(vmConf, func(l string) bool {
+		if k, ok := strings.CutPrefix(l, "jail."); ok {
+			jailConf = append(jailConf, k)
+			return true
+		}
+		return false
+	})
+	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[jail]\n"+strings.Join(jailConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
 		kernel(), prodInitrd(), accel, cniDir, reg.Host)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -232,22 +242,8 @@ func killVMsUnder(dir string) {
 	}
 }
 
-// qemuPIDs lists QEMU processes whose command line mentions dir.
-func qemuPIDs(dir string) []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), "qemu") && strings.Contains(string(b), dir) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
+// qemuPIDs lists the QEMU processes of VMs under dir.
+func qemuPIDs(dir string) []int { return qemu.RunningPIDs(dir) }
 
 func (d *criDaemon) pull(ctx context.Context) string {
 	d.t.Helper()

@@ -73,7 +73,7 @@ func TestTemplateClones(t *testing.T) {
 		c.Accel = cfg.Accel
 		c.Net = &vm.NetDevice{MAC: mac}
 		c.SharedDir = filepath.Join(run, "shared"+mac[len(mac)-1:])
-		if err := os.MkdirAll(c.SharedDir, 0o700); err != nil {
+		if err := os.MkdirAll(c.SharedDir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(c.SharedDir, "who"), []byte(mac), 0o644); err != nil {

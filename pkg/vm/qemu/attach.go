@@ -85,3 +85,29 @@ func findQEMU(cfg vm.Config) (int, error) {
 	}
 	return pid, nil
 }
+
+// RunningPIDs lists the live QEMU processes of VMs whose directories lie
+// under root, by their pid files: a jailed QEMU's command line names no host
+// path to look for.
+func RunningPIDs(root string) []int {
+	var out []int
+	filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
+		if err != nil || e.IsDir() || e.Name() != pidFile {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return nil
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && bytes.Contains(cmdline, []byte("\x00hyperlet-")) {
+			out = append(out, pid)
+		}
+		return nil
+	})
+	return out
+}

@@ -309,20 +309,26 @@ func (v *instance) Save(ctx context.Context, path string) error {
 		return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
 	}
 	defer f.Close()
-	for _, c := range []struct {
-		cmd  string
-		args any
-		fd   *os.File
-	}{
-		{"stop", nil, nil},
-		{"migrate-set-capabilities", ignoreShared, nil},
-		// The state file goes to QEMU over the QMP socket.
-		{"getfd", map[string]any{"fdname": "state"}, f},
-		{"migrate", map[string]any{"uri": "fd:state"}, nil},
-	} {
-		if _, err := v.executeFD(ctx, c.cmd, c.args, c.fd); err != nil {
-			return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
+	err = v.session(ctx, func(q *qmp) error {
+		for _, c := range []struct {
+			cmd  string
+			args any
+			fd   *os.File
+		}{
+			{"stop", nil, nil},
+			{"migrate-set-capabilities", ignoreShared, nil},
+			// The state file goes to QEMU over the QMP socket.
+			{"getfd", map[string]any{"fdname": "state"}, f},
+			{"migrate", map[string]any{"uri": "fd:state"}, nil},
+		} {
+			if _, err := q.executeFD(ctx, c.cmd, c.args, c.fd); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
 	}
 	if err := v.waitMigration(ctx); err != nil {
 		return fmt.Errorf("save vm %s: %w", v.cfg.ID, err)
@@ -489,6 +495,23 @@ func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawM
 	return v.executeFD(ctx, cmd, args, nil)
 }
 
+// session runs fn on one QMP connection.
+func (v *instance) session(ctx context.Context, fn func(q *qmp) error) error {
+	select {
+	case <-v.exited:
+		return fmt.Errorf("vm %s: %w", v.cfg.ID, vm.ErrNotRunning)
+	default:
+	}
+	ctx, cancel := v.aliveContext(ctx)
+	defer cancel()
+	q, err := dialQMP(ctx, filepath.Join(v.cfg.Dir, qmpSock))
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	return fn(q)
+}
+
 // executeFD runs a QMP command, passing fd with it when not nil.
 func (v *instance) executeFD(ctx context.Context, cmd string, args any, fd *os.File) (json.RawMessage, error) {
 	select {
@@ -518,17 +541,38 @@ func (v *instance) AddDisk(ctx context.Context, d vm.Disk) (vm.DiskAddr, error) 
 	v.nextTarget++
 	v.mu.Unlock()
 	node := "disk" + strconv.Itoa(target)
+	// QEMU cannot open host paths: the disk goes to it as an fd, in an fd
+	// set of its own.
+	flag := os.O_RDWR
+	if d.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := openNoFollow(d.Path, flag)
+	if err != nil {
+		return vm.DiskAddr{}, fmt.Errorf("add disk %s: %w", d.ID, err)
+	}
+	defer f.Close()
+	fdset := 100 + target
 	blk := map[string]any{
 		"node-name": node,
 		"driver":    "raw",
 		"read-only": d.ReadOnly,
 		"file": map[string]any{
 			"driver":    "file",
-			"filename":  d.Path,
+			"filename":  "/dev/fdset/" + strconv.Itoa(fdset),
 			"read-only": d.ReadOnly,
 		},
 	}
-	if _, err := v.execute(ctx, "blockdev-add", blk); err != nil {
+	// One connection for both: QEMU drops an fd set nothing uses yet when
+	// its last QMP client disconnects.
+	err = v.session(ctx, func(q *qmp) error {
+		if _, err := q.executeFD(ctx, "add-fd", map[string]any{"fdset-id": fdset, "opaque": d.ID}, f); err != nil {
+			return err
+		}
+		_, err := q.execute(ctx, "blockdev-add", blk)
+		return err
+	})
+	if err != nil {
 		return vm.DiskAddr{}, fmt.Errorf("add disk %s: %w", d.ID, err)
 	}
 	dev := map[string]any{

@@ -1,0 +1,33 @@
+package qemu
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestCappedCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		have, in, cap int
+		want          int
+	}{
+		{"under the cap", 0, 100, 1000, 100},
+		{"over the cap", 0, 5000, 1000, 1000},
+		{"appending to a full log", 1000, 10, 1000, 1000},
+		{"appending up to the cap", 900, 500, 1000, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "log")
+			os.WriteFile(p, bytes.Repeat([]byte("o"), tc.have), 0o600)
+			f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			cappedCopy(f, bytes.NewReader(bytes.Repeat([]byte("x"), tc.in)), int64(tc.cap))
+			f.Close()
+			st, _ := os.Stat(p)
+			if int(st.Size()) != tc.want {
+				t.Fatalf("log is %d bytes, want %d", st.Size(), tc.want)
+			}
+		})
+	}
+}
