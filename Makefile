@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit bench-vm bench bench-density demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit fuzz bench-vm bench bench-density demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,9 +42,21 @@ installer-image: build guest ## build the node installer image archive (_output/
 kubelet: ## build kubelet from the k8s.io/kubernetes module for the end-to-end test (cached per machine)
 	hack/kubelet.sh
 
-test: deps guest kubelet ## run the whole test suite, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest)
+test: deps guest kubelet ## run the whole test suite, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest), then the fuzz targets briefly
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
+	$(MAKE) fuzz
+
+# Fuzz targets: package and target name. Found inputs are kept in each
+# package's testdata/fuzz, which every `go test` replays.
+FUZZ_TARGETS := pkg/imageservice/unpack:FuzzApply api/agent/v1:FuzzFrameReader pkg/oci:FuzzSpec pkg/sandbox:FuzzPodConfig
+FUZZTIME ?= 10s
+fuzz: ## run each fuzz target for FUZZTIME (default 10s)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+	done
 
 test-unit: ## run the tests that need no VM
 	HYPERLET_SKIP_VM_TESTS=1 $(GO) test -count=1 ./...

@@ -105,6 +105,8 @@ func (e *env) openTemplates(ctx context.Context) (*template.Store, error) {
 		Extra: fmt.Sprintf("tcg-cache=%d", e.cfg.VM.TCGCacheMiB),
 		Ready: sandbox.AgentReady,
 		VMDir: func(id string) string { return e.vmConfig(id).Dir },
+		// One build at a time: each boots a VM.
+		MaxTemplates: e.cfg.VM.MaxTemplates, MaxBuilds: 1,
 	})
 }
 

@@ -125,6 +125,9 @@ type VM struct {
 	Templates bool `toml:"templates"`
 	// TemplateDir holds the templates' RAM files: it should be a tmpfs.
 	TemplateDir string `toml:"template_dir"`
+	// MaxTemplates bounds the templates kept (one per VM shape); the least
+	// recently used is evicted for a new one.
+	MaxTemplates int `toml:"max_templates"`
 	// PoolSize is how many warm VMs of the base size are kept ready for
 	// new pods (0 turns the pool off).
 	PoolSize int `toml:"pool_size"`
@@ -136,16 +139,17 @@ func Default() Config {
 		ConfDir: "/etc/cni/net.d",
 		BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
 	}, VM: VM{
-		QEMU:        "qemu-system-x86_64",
-		Kernel:      filepath.Join(DefaultShareDir, "vmlinux"),
-		Initrd:      filepath.Join(DefaultShareDir, "initrd.img"),
-		Accel:       string(vm.AccelAuto),
-		VCPUs:       1,
-		MemoryMiB:   256,
-		TCGCacheMiB: 16,
-		Templates:   true,
-		TemplateDir: "/dev/shm/hyperlet/templates",
-		PoolSize:    1,
+		QEMU:         "qemu-system-x86_64",
+		Kernel:       filepath.Join(DefaultShareDir, "vmlinux"),
+		Initrd:       filepath.Join(DefaultShareDir, "initrd.img"),
+		Accel:        string(vm.AccelAuto),
+		VCPUs:        1,
+		MemoryMiB:    256,
+		TCGCacheMiB:  16,
+		Templates:    true,
+		TemplateDir:  "/dev/shm/hyperlet/templates",
+		MaxTemplates: 8,
+		PoolSize:     1,
 	}, Jail: Jail{
 		UIDBase: 2_000_000_000, MaxVMs: 1024, CgroupParent: "hyperlet",
 		MemoryOverheadMiB: 256, Pids: 512, NoFile: 4096, ConsoleLimitBytes: 1 << 20,

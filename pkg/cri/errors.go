@@ -11,6 +11,7 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
+	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/imageservice/unpack"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 )
@@ -45,6 +46,8 @@ func toGRPC(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, sandbox.ErrNotReady), errors.Is(err, sandbox.ErrUnsupported), errors.Is(err, imageservice.ErrInUse):
 		code = codes.FailedPrecondition
+	case errors.Is(err, imageservice.ErrNoSpace), errors.Is(err, jail.ErrExhausted):
+		code = codes.ResourceExhausted
 	case errors.Is(err, sandbox.ErrUnimplemented):
 		code = codes.Unimplemented
 	case errors.Is(err, sandbox.ErrExecTimeout):

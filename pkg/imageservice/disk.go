@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"os/exec"
@@ -107,10 +108,18 @@ func (s *Service) buildDisk(ctx context.Context, img *Image, final string) error
 		return err
 	}
 	defer root.Close()
+	// The whole image is bounded, not each layer alone: by MaxImageBytes
+	// and by what the disk can hold of the tree and its EROFS copy.
+	budget, err := s.unpackBudget()
+	if err != nil {
+		return err
+	}
 	for _, l := range img.Layers {
-		if err := s.applyLayer(root, l); err != nil {
+		n, err := s.applyLayer(root, l, budget)
+		if err != nil {
 			return fmt.Errorf("image %s: layer %s: %w", img.ID, l, err)
 		}
+		budget -= n
 	}
 	out := filepath.Join(tmp, "disk.erofs")
 	cmd := exec.CommandContext(ctx, "mkfs.erofs", mkfsArgs(out, rootDir)...)
@@ -144,25 +153,55 @@ func mkfsArgs(out, dir string) []string {
 	return []string{"--quiet", "-x1", out, dir}
 }
 
-func (s *Service) applyLayer(root *os.Root, d digest.Digest) error {
+// MaxImageBytes bounds the file bytes of one unpacked image.
+const MaxImageBytes = 64 << 30
+
+// diskReserve is free space unpacking leaves on the image filesystem.
+const diskReserve = 1 << 30
+
+// unpackBudget is how many file bytes one image may unpack to: at most
+// MaxImageBytes, and half of the free space beyond the reserve (the tree and
+// its EROFS image both need room).
+func (s *Service) unpackBudget() (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.diskDir(), &st); err != nil {
+		return 0, fmt.Errorf("free space for image disks: %w", err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	budget := min(int64(MaxImageBytes), (free-diskReserve)/2)
+	if budget <= 0 {
+		return 0, fmt.Errorf("%w: %d MiB free for image disks", ErrNoSpace, free>>20)
+	}
+	return budget, nil
+}
+
+// ErrNoSpace is an image that does not fit on the node's disk.
+var ErrNoSpace = errors.New("no space for image disk")
+
+// applyLayer unpacks one layer with at most budget file bytes and returns
+// how many it wrote.
+func (s *Service) applyLayer(root *os.Root, d digest.Digest, budget int64) (int64, error) {
 	f, err := s.store.Open(d)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	r, err := decompress(f)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer r.Close()
-	st, err := unpack.Apply(root, r, unpack.Options{})
+	if budget <= 0 {
+		return 0, fmt.Errorf("%w: the image's layers exceed its unpack budget", unpack.ErrUnsafeLayer)
+	}
+	st, err := unpack.Apply(root, r, unpack.Options{MaxTotalBytes: budget})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if st.SkippedDevices > 0 || st.SkippedXattrs > 0 {
 		klog.V(2).InfoS("layer entries left out", "layer", d, "devices", st.SkippedDevices, "xattrs", st.SkippedXattrs)
 	}
-	return nil
+	return st.Bytes, nil
 }
 
 // decompress recognises gzip and zstd layers by their magic; anything else

@@ -22,6 +22,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +72,10 @@ type Store struct {
 	// mem holds each template's RAM as a sealed memfd, loaded from its file
 	// once: clones map it private, and nothing can write to it.
 	mem map[string]*os.File
+	// used is when each template was last looked up or built.
+	used         map[string]time.Time
+	maxTemplates int
+	buildSlots   chan struct{}
 }
 
 // Template is a complete template on disk.
@@ -101,6 +106,10 @@ type Options struct {
 	Ready func(ctx context.Context, v vm.VM) error
 	// VMDir returns the directory a build's VM runs in.
 	VMDir func(id string) string
+	// MaxTemplates bounds the templates kept (default 8): building one more
+	// evicts the least recently used. MaxBuilds bounds builds running at
+	// once (default 1).
+	MaxTemplates, MaxBuilds int
 }
 
 // Open opens the store: it removes builds a crash interrupted (killing
@@ -121,7 +130,15 @@ func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("template dir %s is in use by another hyperlet: %w", o.Dir, err)
 	}
-	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}, mem: map[string]*os.File{}}
+	s := &Store{dir: o.Dir, hv: hv, ready: o.Ready, vmDir: o.VMDir, inputs: inputs, lock: lock, failed: map[string]time.Time{}, mem: map[string]*os.File{},
+		used: map[string]time.Time{}, maxTemplates: o.MaxTemplates}
+	if s.maxTemplates <= 0 {
+		s.maxTemplates = 8
+	}
+	if o.MaxBuilds <= 0 {
+		o.MaxBuilds = 1
+	}
+	s.buildSlots = make(chan struct{}, o.MaxBuilds)
 	ents, err := os.ReadDir(o.Dir)
 	if err != nil {
 		lock.Close()
@@ -193,6 +210,9 @@ func (s *Store) Lookup(cfg vm.Config) (*Template, bool) {
 	if err != nil || t.Inputs != s.inputs || t.Format != format {
 		return nil, false
 	}
+	s.mu.Lock()
+	s.used[t.Key] = time.Now()
+	s.mu.Unlock()
 	return t, true
 }
 
@@ -316,6 +336,14 @@ func (s *Store) Ensure(ctx context.Context, cfg vm.Config) (*Template, error) {
 		// Builds outlive the request that asked first: others may wait too.
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 		defer cancel()
+		// Builds boot VMs: a burst of new sizes must not boot them all.
+		select {
+		case s.buildSlots <- struct{}{}:
+		case <-bctx.Done():
+			return nil, fmt.Errorf("template %s: waiting for a build slot: %w", key[:12], bctx.Err())
+		}
+		defer func() { <-s.buildSlots }()
+		s.evict(key)
 		t, err := s.build(bctx, key, cfg)
 		s.mu.Lock()
 		if err != nil {
@@ -465,6 +493,40 @@ func saveMemory(path string, mem *os.File, size int64) error {
 		return err
 	}
 	return copySparse(f, mem, size)
+}
+
+// evict removes least recently used templates until one more (key) fits.
+// Running clones keep their RAM: it is mapped from the memfd.
+func (s *Store) evict(key string) {
+	all := s.Templates()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sort.Slice(all, func(i, j int) bool { return s.lastUsed(all[i]).Before(s.lastUsed(all[j])) })
+	for n := len(all); n >= s.maxTemplates && len(all) > 0; n-- {
+		t := all[0]
+		all = all[1:]
+		if t.Key == key {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.dir, t.Key)); err != nil {
+			klog.ErrorS(err, "evict VM template", "key", t.Key[:12])
+			continue
+		}
+		if f := s.mem[t.Key]; f != nil {
+			f.Close()
+			delete(s.mem, t.Key)
+		}
+		delete(s.used, t.Key)
+		klog.InfoS("VM template evicted (least recently used)", "key", t.Key[:12], "max", s.maxTemplates)
+	}
+}
+
+// lastUsed is when t was last used, or built. s.mu is held.
+func (s *Store) lastUsed(t *Template) time.Time {
+	if u, ok := s.used[t.Key]; ok {
+		return u
+	}
+	return t.Built
 }
 
 // Templates lists the complete templates.

@@ -156,3 +156,35 @@ func TestSecureDir(t *testing.T) {
 		})
 	}
 }
+
+func TestEvictLeastRecentlyUsed(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	tdir := filepath.Join(dir, "templates")
+	s, err := Open(context.Background(), &noHypervisor{}, Options{Dir: tdir, Files: []string{kernel}, MaxTemplates: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfgs := map[string]vm.Config{}
+	for _, mib := range []int{256, 512} {
+		cfg := vm.Config{VCPUs: 1, MemoryMiB: mib, Accel: vm.AccelTCG}
+		key := s.Key(cfg)
+		cfgs[key] = cfg
+		os.MkdirAll(filepath.Join(tdir, key), 0o700)
+		b, _ := json.Marshal(Template{Key: key, Inputs: s.inputs, Format: format})
+		os.WriteFile(filepath.Join(tdir, key, metaFile), b, 0o600)
+	}
+	small := vm.Config{VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelTCG}
+	big := vm.Config{VCPUs: 1, MemoryMiB: 512, Accel: vm.AccelTCG}
+	s.Lookup(big)
+	s.Lookup(small) // big is now the least recently used
+	s.evict(s.Key(vm.Config{VCPUs: 2, MemoryMiB: 256, Accel: vm.AccelTCG}))
+	if _, ok := s.Lookup(big); ok {
+		t.Error("least recently used template was kept")
+	}
+	if _, ok := s.Lookup(small); !ok {
+		t.Error("recently used template was evicted")
+	}
+}

@@ -41,6 +41,7 @@ type Options struct {
 // Stats counts what Apply left out.
 type Stats struct {
 	Files           int
+	Bytes           int64 // regular file bytes written
 	SkippedDevices  int // device nodes and FIFOs (the VM's runc provides /dev)
 	SkippedXattrs   int // extended attributes outside the allowed namespaces
 	HardlinksOrphan int
@@ -93,6 +94,7 @@ func Apply(root *os.Root, r io.Reader, opts Options) (Stats, error) {
 	for i := len(dirs) - 1; i >= 0; i-- {
 		root.Chtimes(dirs[i].name, dirs[i].mtime, dirs[i].mtime)
 	}
+	a.stats.Bytes = a.total
 	return a.stats, nil
 }
 
