@@ -23,6 +23,10 @@ func (b *bench) vmStarts(ctx context.Context, tcgCacheMiB int, accel vm.Accel) (
 		return nil, nil, err
 	}
 	defer os.RemoveAll(dir)
+	// The jailed QEMUs (unprivileged uids) bind their files from here.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, nil, err
+	}
 	tplDir := "/dev/shm/hyperlet-bench-vmstart"
 	os.RemoveAll(tplDir)
 	defer os.RemoveAll(tplDir)
@@ -32,7 +36,7 @@ func (b *bench) vmStarts(ctx context.Context, tcgCacheMiB int, accel vm.Accel) (
 		seq++
 		id := fmt.Sprintf("v%d", seq)
 		shared := filepath.Join(dir, id+".shared")
-		os.MkdirAll(shared, 0o700)
+		os.MkdirAll(shared, 0o755)
 		return vm.Config{ID: id, Dir: filepath.Join(dir, id), ConsoleLog: filepath.Join(dir, id+".console"),
 			Kernel: b.cfg.kernel, Initrd: b.cfg.initrd, VCPUs: 1, MemoryMiB: 256, Accel: accel,
 			SharedDir: shared, Net: &vm.NetDevice{MAC: vm.RandomMAC()}}

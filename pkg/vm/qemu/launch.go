@@ -106,16 +106,16 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 			return nil, fmt.Errorf("guest image %s must be world-readable: QEMU runs unprivileged", f)
 		}
 	}
+	for _, d := range []string{cfg.Dir, cfg.SharedDir} {
+		if err := reachable(d); d != "" && err != nil {
+			return nil, err
+		}
+	}
 	p := &prepared{alloc: o.IDs}
 	defer func() {
 		if retErr != nil {
 			p.close()
-			if p.cgroup != nil {
-				p.cgroup.Remove()
-			}
-			if p.ids.UID != 0 {
-				o.IDs.Put(p.ids)
-			}
+			p.release()
 		}
 	}()
 	ids, err := getFreeIDs(o.IDs)
@@ -157,6 +157,33 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// reachable checks that the jail helper, an unprivileged uid, can reach
+// path: every directory above it must be searchable by others.
+func reachable(path string) error {
+	for d := filepath.Dir(filepath.Clean(path)); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s (mode %o) must be searchable by others (o+x): QEMU runs as an unprivileged uid below it", d, st.Mode().Perm())
+		}
+		if d == "/" {
+			return nil
+		}
+	}
+}
+
+// release undoes prepare's cgroup and uid range when no QEMU started.
+func (p *prepared) release() {
+	if p.cgroup != nil {
+		p.cgroup.Remove()
+	}
+	if p.ids.UID != 0 {
+		p.alloc.Put(p.ids)
+	}
 }
 
 // handOver marks the read ends as the copiers'.

@@ -31,3 +31,20 @@ func TestCappedCopy(t *testing.T) {
 		})
 	}
 }
+
+func TestReachable(t *testing.T) {
+	base := t.TempDir()
+	os.Chmod(base, 0o711)
+	os.Chmod(filepath.Dir(base), 0o711) // t.TempDir's own parent
+	open := filepath.Join(base, "open")
+	os.MkdirAll(filepath.Join(open, "vm"), 0o711)
+	closed := filepath.Join(base, "closed")
+	os.MkdirAll(filepath.Join(closed, "vm"), 0o700)
+	os.Chmod(closed, 0o700)
+	if err := reachable(filepath.Join(open, "vm")); err != nil {
+		t.Errorf("searchable path refused: %v", err)
+	}
+	if err := reachable(filepath.Join(closed, "vm")); err == nil {
+		t.Error("path below a 0700 directory accepted")
+	}
+}

@@ -215,16 +215,18 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 	defer j.close()
 	if cfg.Restore != "" {
 		if j.l.state, err = openNoFollow(cfg.Restore, os.O_RDONLY); err != nil {
+			j.release()
 			return nil, fmt.Errorf("open saved state: %w", err)
 		}
 	}
 	args, files := d.args(cfg, j.l)
 	cmd, err := jail.Command(d.jailSpec(cfg, args), j.ids, files)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		cmd.Stdout, cmd.Stderr = j.errW, j.errW
+		err = cmd.Start()
 	}
-	cmd.Stdout, cmd.Stderr = j.errW, j.errW
-	if err := cmd.Start(); err != nil {
+	if err != nil {
+		j.release()
 		return nil, fmt.Errorf("start jailed qemu: %w", err)
 	}
 	// QEMU holds its own copies now; the copiers see EOF when it exits.
