@@ -11,8 +11,8 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
-	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/imageservice/unpack"
+	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 )
 

@@ -42,8 +42,8 @@ type Options struct {
 type Stats struct {
 	Files           int
 	Bytes           int64 // regular file bytes written
-	SkippedDevices  int // device nodes and FIFOs (the VM's runc provides /dev)
-	SkippedXattrs   int // extended attributes outside the allowed namespaces
+	SkippedDevices  int   // device nodes and FIFOs (the VM's runc provides /dev)
+	SkippedXattrs   int   // extended attributes outside the allowed namespaces
 	HardlinksOrphan int
 }
 
