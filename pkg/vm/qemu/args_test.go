@@ -19,7 +19,7 @@ func TestArgs(t *testing.T) {
 		{vm.AccelTCG,
 			[]string{"-accel tcg,tb-size=32", "-M microvm,x-option-roms=off,rtc=off,acpi=off -accel", "-smp 2", "-m 512M", "hyperlet.v=2", "reboot=t", "-no-reboot",
 				"name=io.hyperlet.agent.0", "virtio-scsi-device,id=scsi0",
-				"-add-fd fd=3,set=1 -chardev file,id=con,path=/dev/fdset/1,append=on", "socket,id=qmp,fd=4,server=on", "socket,id=agent,fd=5,server=on",
+				"-add-fd fd=3,set=1 -chardev file,id=con,path=/dev/fdset/1,append=on", "socket,id=qmp,fd=5,server=on", "socket,id=agent,fd=6,server=on",
 				"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 				"-kernel /vm/kernel -initrd /vm/initrd",
 				"local,id=shared,path=/share,security_model=mapped-xattr", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet",
@@ -36,11 +36,11 @@ func TestArgs(t *testing.T) {
 	clone.Net = &vm.NetDevice{MAC: "02:00:00:00:00:01"}
 	args, files := (&Driver{}).args(clone, launch{})
 	line := strings.Join(args, " ")
-	// console, qmp, agent, memory (fd 6), state (fd 7)
-	if len(files) != 5 || stateFD(files) != "7" {
+	// console, its reader, qmp, agent, memory (fd 7), state (fd 8)
+	if len(files) != 6 || stateFD(files) != "8" {
 		t.Errorf("clone inherits %d files, state on fd %s", len(files), stateFD(files))
 	}
-	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/6,share=off",
+	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/7,share=off",
 		"-incoming defer", "-netdev hubport,id=net0,hubid=0", "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("clone: command line lacks %q:\n%s", w, line)

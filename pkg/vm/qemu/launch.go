@@ -153,6 +153,14 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 	if p.l.console, err = openNoFollow(fifo, os.O_WRONLY); err != nil {
 		return nil, err
 	}
+	// QEMU also holds a read end it never reads: with the daemon gone (a
+	// restart), its console writes then fill the pipe and wait instead of
+	// failing with EPIPE, which QEMU 7.2 retries in a busy loop. The pipe
+	// holds 1 MiB meanwhile; the next daemon drains it.
+	if p.l.consoleKeep, err = openNoFollow(fifo, os.O_RDONLY|unix.O_NONBLOCK); err != nil {
+		return nil, err
+	}
+	unix.FcntlInt(p.consoleR.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	if p.errR, p.errW, err = os.Pipe(); err != nil {
 		return nil, err
 	}
@@ -191,7 +199,7 @@ func (p *prepared) handOver() { p.handed = true }
 
 // close drops the daemon's copies of what QEMU inherited.
 func (p *prepared) close() {
-	for _, f := range []*os.File{p.l.qmp, p.l.agent, p.l.console, p.l.state, p.errW} {
+	for _, f := range []*os.File{p.l.qmp, p.l.agent, p.l.console, p.l.consoleKeep, p.l.state, p.errW} {
 		if f != nil {
 			f.Close()
 		}

@@ -89,7 +89,7 @@ func (f *fds) add(file *os.File) string {
 
 // launch is what one QEMU start passes in: the files it inherits.
 type launch struct {
-	qmp, agent, console, state *os.File
+	qmp, agent, console, consoleKeep, state *os.File
 }
 
 // args returns QEMU's command line for cfg, as seen inside its jail, and
@@ -116,6 +116,8 @@ func (d *Driver) args(cfg vm.Config, l launch) ([]string, []*os.File) {
 		machine += ",memory-backend=mem"
 	}
 	kargs := append(append([]string{}, defaultKernelArgs...), cfg.KernelArgs...)
+	console := f.add(l.console)
+	f.add(l.consoleKeep) // inherited and held, never used (see prepare)
 	args := []string{
 		"-name", "hyperlet-" + cfg.ID,
 		"-sandbox", sandboxArgs,
@@ -129,7 +131,7 @@ func (d *Driver) args(cfg vm.Config, l launch) ([]string, []*os.File) {
 		"-initrd", jailInitrd,
 		"-append", strings.Join(kargs, " "),
 		// The console goes to a pipe the daemon copies, capped, to the log.
-		"-add-fd", "fd=" + f.add(l.console) + ",set=1",
+		"-add-fd", "fd=" + console + ",set=1",
 		"-chardev", "file,id=con,path=/dev/fdset/1,append=on",
 		"-serial", "chardev:con",
 		// Both sockets are the daemon's: QEMU only accepts on them.
