@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -390,11 +391,21 @@ func (v *instance) Confine(parent string, oomScoreAdj int) error {
 	if v.cgroup == nil || v.drv == nil {
 		return errNotJailed
 	}
+	v.mu.Lock()
 	cfg := v.cfg
+	v.mu.Unlock()
+	cur, err := v.drv.cgroupPath(cfg)
+	if err != nil {
+		return err
+	}
 	cfg.CgroupParent = parent
 	rel, err := v.drv.cgroupPath(cfg)
 	if err != nil {
 		return err
+	}
+	if rel == cur {
+		// A pod without a cgroup parent: the VM stays where it is.
+		return jail.SetOOMScoreAdj(v.pid, oomScoreAdj)
 	}
 	o := v.drv.jail()
 	cg, err := jail.NewCgroup(rel, jail.Limits{MemoryBytes: int64(cfg.MemoryMiB+o.MemoryOverheadMiB) << 20, Pids: o.Pids})
@@ -409,8 +420,16 @@ func (v *instance) Confine(parent string, oomScoreAdj int) error {
 	old := v.cgroup
 	v.cgroup, v.cfg.CgroupParent = cg, parent
 	v.mu.Unlock()
-	if err := old.Remove(); err != nil {
-		klog.ErrorS(err, "remove warm VM cgroup", "vm", v.cfg.ID)
-	}
+	// A cgroup v1 just emptied by a move stays busy for a while: remove it
+	// without holding up the pod's start.
+	go func() {
+		for i := 0; i < 30; i++ {
+			if err := old.Remove(); err == nil {
+				return
+			}
+			time.Sleep(time.Second)
+		}
+		klog.InfoS("warm VM's old cgroup still busy; left", "dirs", old.Dirs)
+	}()
 	return jail.SetOOMScoreAdj(v.pid, oomScoreAdj)
 }
