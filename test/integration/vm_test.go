@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -27,11 +28,20 @@ func TestEchoHello(t *testing.T) {
 
 // TestAttachAfterRestart re-adopts a running VM from its directory, as a
 // restarted daemon does, runs a command through a new agent connection and
-// stops it with nothing left behind. A VM that is gone cannot be attached.
+// stops it with nothing left behind. A disk hot-added after the restart does
+// not collide with one added before. A VM that is gone cannot be attached.
 func TestAttachAfterRestart(t *testing.T) {
 	v := bootVM(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	img := v.cfg.Dir + ".disk"
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(img) })
+	if _, err := v.AddDisk(ctx, vm.Disk{ID: "before", Path: img, ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
 	v.client.Close() // the old daemon's connection dies with it
 
 	v2, err := driver.Attach(ctx, v.cfg)
@@ -40,6 +50,9 @@ func TestAttachAfterRestart(t *testing.T) {
 	}
 	if v2.PID() != v.PID() {
 		t.Fatalf("attached pid %d, want %d", v2.PID(), v.PID())
+	}
+	if addr, err := v2.AddDisk(ctx, vm.Disk{ID: "after", Path: img, ReadOnly: true}); err != nil || addr.Target != 1 {
+		t.Fatalf("disk added after attach: %+v %v, want target 1", addr, err)
 	}
 	c, err := agent.Dial(ctx, v2.AgentSocket())
 	if err != nil {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -62,7 +63,38 @@ func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
 	if err := v.waitQMP(ctx); err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
 	}
+	// Disks hot-added before the restart keep their SCSI targets: the next
+	// one goes after them.
+	next, err := v.usedTargets(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
+	}
+	v.nextTarget = next
 	return v, nil
+}
+
+// usedTargets returns one past the highest target of the VM's hot-added
+// disks (block nodes "diskN").
+func (v *instance) usedTargets(ctx context.Context) (int, error) {
+	raw, err := v.execute(ctx, "query-named-block-nodes", nil)
+	if err != nil {
+		return 0, err
+	}
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := json.Unmarshal(raw, &nodes); err != nil {
+		return 0, fmt.Errorf("query-named-block-nodes: %w", err)
+	}
+	next := 0
+	for _, n := range nodes {
+		if s, ok := strings.CutPrefix(n.NodeName, "disk"); ok {
+			if t, err := strconv.Atoi(s); err == nil && t+1 > next {
+				next = t + 1
+			}
+		}
+	}
+	return next, nil
 }
 
 // findQEMU returns the pid in the VM's pid file if that process is the VM's

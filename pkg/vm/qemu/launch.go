@@ -108,7 +108,10 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 		}
 	}
 	for _, d := range []string{cfg.Dir, cfg.SharedDir} {
-		if err := reachable(d); d != "" && err != nil {
+		if d == "" {
+			continue
+		}
+		if err := reachable(d); err != nil {
 			return nil, err
 		}
 	}
@@ -171,7 +174,11 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 // reachable checks that the jail helper, an unprivileged uid, can reach
 // path: every directory above it must be searchable by others.
 func reachable(path string) error {
-	for d := filepath.Dir(filepath.Clean(path)); ; d = filepath.Dir(d) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for d := filepath.Dir(abs); ; d = filepath.Dir(d) {
 		st, err := os.Stat(d)
 		if err != nil {
 			return err
@@ -179,7 +186,7 @@ func reachable(path string) error {
 		if st.Mode().Perm()&0o001 == 0 {
 			return fmt.Errorf("%s (mode %o) must be searchable by others (o+x): QEMU runs as an unprivileged uid below it", d, st.Mode().Perm())
 		}
-		if d == "/" {
+		if d == filepath.Dir(d) {
 			return nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestCappedCopy(t *testing.T) {
@@ -46,5 +47,12 @@ func TestReachable(t *testing.T) {
 	}
 	if err := reachable(filepath.Join(closed, "vm")); err == nil {
 		t.Error("path below a 0700 directory accepted")
+	}
+	done := make(chan error, 1)
+	go func() { done <- reachable("relative/vm") }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("reachable does not end on a relative path")
 	}
 }
