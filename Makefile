@@ -42,9 +42,9 @@ installer-image: build guest ## build the node installer image archive (_output/
 kubelet: ## build kubelet from the k8s.io/kubernetes module for the end-to-end test (cached per machine)
 	hack/kubelet.sh
 
-test: deps guest kubelet ## run the whole test suite, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest), then the fuzz targets briefly
+test: deps guest kubelet ## run the whole test suite under the race detector, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest), then the fuzz targets briefly
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 45m ./...
+	$(GO) test -race -count=1 -timeout 45m ./...
 	$(MAKE) fuzz
 
 # Fuzz targets: package and target name. Found inputs are kept in each
