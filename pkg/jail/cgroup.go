@@ -68,6 +68,36 @@ func CgroupPath(parent, name string) (string, error) {
 	return p, nil
 }
 
+// hierarchy is one cgroup hierarchy a VM is accounted in.
+type hierarchy struct {
+	root       string
+	memoryFile string // the memory limit's file, "" if not a memory hierarchy
+	pidsFile   string
+}
+
+// hierarchies lists where a VM's cgroup goes: the v2 unified hierarchy, or
+// each v1 hierarchy of v1Controllers the host mounts.
+func hierarchies() []hierarchy {
+	if IsV2() {
+		return []hierarchy{{root: cgroupRoot, memoryFile: "memory.max", pidsFile: "pids.max"}}
+	}
+	var out []hierarchy
+	for _, c := range v1Controllers {
+		h := hierarchy{root: filepath.Join(cgroupRoot, c)}
+		if _, err := os.Stat(filepath.Join(h.root, "cgroup.procs")); err != nil {
+			continue
+		}
+		switch c {
+		case "memory":
+			h.memoryFile = "memory.limit_in_bytes"
+		case "pids":
+			h.pidsFile = "pids.max"
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
 // NewCgroup creates the cgroup rel (from CgroupPath) with limits, in every
 // hierarchy the VM is accounted in.
 func NewCgroup(rel string, l Limits) (_ *Cgroup, retErr error) {
@@ -77,41 +107,22 @@ func NewCgroup(rel string, l Limits) (_ *Cgroup, retErr error) {
 			cg.Remove()
 		}
 	}()
-	if IsV2() {
-		dir := filepath.Join(cgroupRoot, rel)
+	for _, h := range hierarchies() {
+		dir := filepath.Join(h.root, rel)
 		if err := mkdirCgroup(dir); err != nil {
 			return nil, err
 		}
 		cg.Dirs = append(cg.Dirs, dir)
-		if l.MemoryBytes > 0 {
-			if err := writeCg(dir, "memory.max", l.MemoryBytes); err != nil {
+		if h.memoryFile != "" && l.MemoryBytes > 0 {
+			if err := writeCg(dir, h.memoryFile, l.MemoryBytes); err != nil {
 				return nil, err
 			}
-			writeCg(dir, "memory.swap.max", 0)
-		}
-		if l.Pids > 0 {
-			if err := writeCg(dir, "pids.max", l.Pids); err != nil {
-				return nil, err
+			if h.root == cgroupRoot {
+				writeCg(dir, "memory.swap.max", 0) // v2: no swap either
 			}
 		}
-		return cg, nil
-	}
-	for _, c := range v1Controllers {
-		if _, err := os.Stat(filepath.Join(cgroupRoot, c, "cgroup.procs")); err != nil {
-			continue
-		}
-		dir := filepath.Join(cgroupRoot, c, rel)
-		if err := mkdirCgroup(dir); err != nil {
-			return nil, err
-		}
-		cg.Dirs = append(cg.Dirs, dir)
-		switch {
-		case c == "memory" && l.MemoryBytes > 0:
-			if err := writeCg(dir, "memory.limit_in_bytes", l.MemoryBytes); err != nil {
-				return nil, err
-			}
-		case c == "pids" && l.Pids > 0:
-			if err := writeCg(dir, "pids.max", l.Pids); err != nil {
+		if h.pidsFile != "" && l.Pids > 0 {
+			if err := writeCg(dir, h.pidsFile, l.Pids); err != nil {
 				return nil, err
 			}
 		}
@@ -125,12 +136,8 @@ func NewCgroup(rel string, l Limits) (_ *Cgroup, retErr error) {
 // OpenCgroup names an existing cgroup (after a daemon restart).
 func OpenCgroup(rel string) *Cgroup {
 	cg := &Cgroup{}
-	if IsV2() {
-		cg.Dirs = []string{filepath.Join(cgroupRoot, rel)}
-		return cg
-	}
-	for _, c := range v1Controllers {
-		cg.Dirs = append(cg.Dirs, filepath.Join(cgroupRoot, c, rel))
+	for _, h := range hierarchies() {
+		cg.Dirs = append(cg.Dirs, filepath.Join(h.root, rel))
 	}
 	return cg
 }

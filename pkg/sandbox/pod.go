@@ -252,16 +252,6 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if warm != nil {
 		m.pool.adopted(warm)
 		v, client = warm.vm, warm.client
-		if c, ok := v.(vm.Confiner); ok {
-			if err := c.Confine(cgParent, oomAdj); err != nil {
-				client.Close()
-				v.Kill()
-				os.RemoveAll(p.dir())
-				removeShared(vc.SharedDir)
-				m.db.delete(podsBucket, id)
-				return nil, fmt.Errorf("move warm VM into the pod's cgroup: %w", err)
-			}
-		}
 	}
 	defer func() {
 		if retErr != nil {
@@ -275,6 +265,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			removeShared(vc.SharedDir)
 		}
 	}()
+	if c, ok := v.(vm.Confiner); ok && warm != nil {
+		if err := c.Confine(cgParent, oomAdj); err != nil {
+			return nil, fmt.Errorf("move warm VM into the pod's cgroup: %w", err)
+		}
+	}
 	var hostTap string
 	if warm != nil {
 		hostTap = warm.Tap

@@ -237,13 +237,10 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 
 // killVMsUnder kills QEMU processes whose command line names dir.
 func killVMsUnder(dir string) {
-	for _, pid := range qemuPIDs(dir) {
+	for _, pid := range qemu.RunningPIDs(dir) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
-
-// qemuPIDs lists the QEMU processes of VMs under dir.
-func qemuPIDs(dir string) []int { return qemu.RunningPIDs(dir) }
 
 func (d *criDaemon) pull(ctx context.Context) string {
 	d.t.Helper()
@@ -451,7 +448,7 @@ func TestCRIPodLifecycle(t *testing.T) {
 		}
 	}
 
-	vmPIDs := qemuPIDs(d.state)
+	vmPIDs := qemu.RunningPIDs(d.state)
 	if len(vmPIDs) != 1 {
 		t.Fatalf("want one QEMU for the pod, found %v", vmPIDs)
 	}
@@ -465,7 +462,7 @@ func TestCRIPodLifecycle(t *testing.T) {
 		_, err := d.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
 		wantCode(t, "status of a removed container", err, codes.NotFound)
 	}
-	if left := qemuPIDs(d.state); len(left) != 0 {
+	if left := qemu.RunningPIDs(d.state); len(left) != 0 {
 		t.Errorf("QEMU left after RemovePodSandbox: %v", left)
 	}
 	for _, dir := range []string{filepath.Join(d.state, "vms"), filepath.Join(d.root, "pods")} {
@@ -620,7 +617,7 @@ func TestCRIDaemonRestart(t *testing.T) {
 	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
-	if left := qemuPIDs(d.state); len(left) != 0 {
+	if left := qemu.RunningPIDs(d.state); len(left) != 0 {
 		t.Errorf("QEMU left after RemovePodSandbox: %v", left)
 	}
 }

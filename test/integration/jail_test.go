@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -137,7 +138,7 @@ func TestCRIJail(t *testing.T) {
 		}
 		uids[uid] = pid
 	}
-	warm := qemuPIDs(filepath.Join(d.state, "vms"))
+	warm := qemu.RunningPIDs(filepath.Join(d.state, "vms"))
 	if len(warm) != 1 {
 		t.Fatalf("want one warm VM, found %v", warm)
 	}
@@ -286,7 +287,7 @@ func waitTemplateBuild(ctx context.Context, d *criDaemon) *qemuView {
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		matches, _ := filepath.Glob(filepath.Join(d.state, "vms", "tpl-*"))
 		for _, m := range matches {
-			for _, pid := range qemuPIDs(m) {
+			for _, pid := range qemu.RunningPIDs(m) {
 				// Caught right after exec, QEMU may not have installed
 				// its seccomp filter yet: it does before it runs a guest.
 				time.Sleep(300 * time.Millisecond)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -207,7 +208,7 @@ evictionHard: {}
 		l, err := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
 		return err == nil && len(l.Items) == 0, fmt.Sprint(len(l.GetItems()))
 	})
-	if left := qemuPIDs(d.state); len(left) != 0 {
+	if left := qemu.RunningPIDs(d.state); len(left) != 0 {
 		t.Errorf("QEMU left: %v", left)
 	}
 	if _, err := os.Stat("/var/run/netns/hyperlet-" + pod.Id[:16]); !os.IsNotExist(err) {

@@ -14,6 +14,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
+	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
 
 // vmStatus reads the templates and warm pool from verbose Status.
@@ -127,7 +128,7 @@ func TestCRIWarmPool(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	const podPIDs = 2
-	if n := len(qemuPIDs(d.state)); n != podPIDs+1 {
+	if n := len(qemu.RunningPIDs(d.state)); n != podPIDs+1 {
 		t.Fatalf("%d QEMUs, want %d pods + 1 warm VM", n, podPIDs)
 	}
 	oldTaps := warmTaps()
@@ -138,7 +139,7 @@ func TestCRIWarmPool(t *testing.T) {
 	d.stop(syscall.SIGKILL)
 	d.start()
 	d.waitPool(ctx)
-	if n := len(qemuPIDs(d.state)); n != podPIDs+1 {
+	if n := len(qemu.RunningPIDs(d.state)); n != podPIDs+1 {
 		t.Fatalf("%d QEMUs after restart, want %d pods + 1 warm VM", n, podPIDs)
 	}
 	if taps := warmTaps(); len(taps) != 1 || taps[0] == oldTaps[0] {
@@ -150,7 +151,7 @@ func TestCRIWarmPool(t *testing.T) {
 		}
 	}
 	d.stop(syscall.SIGTERM)
-	if left := qemuPIDs(d.state); len(left) != 0 {
+	if left := qemu.RunningPIDs(d.state); len(left) != 0 {
 		t.Fatalf("QEMUs left after a graceful stop: %v", left)
 	}
 	if taps := warmTaps(); len(taps) != 0 {

@@ -100,22 +100,32 @@ func (v *instance) usedTargets(ctx context.Context) (int, error) {
 // findQEMU returns the pid in the VM's pid file if that process is the VM's
 // QEMU.
 func findQEMU(cfg vm.Config) (int, error) {
-	b, err := os.ReadFile(filepath.Join(cfg.Dir, pidFile))
+	pid, cmdline, err := readPidFile(cfg.Dir)
 	if err != nil {
 		return 0, err
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("pid file: %w", err)
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return 0, fmt.Errorf("process %d: %w", pid, err)
 	}
 	if !bytes.Contains(cmdline, []byte("\x00hyperlet-"+cfg.ID+"\x00")) {
 		return 0, fmt.Errorf("process %d is not the QEMU of vm %s", pid, cfg.ID)
 	}
 	return pid, nil
+}
+
+// readPidFile returns the pid in a VM directory's pid file and that
+// process's command line.
+func readPidFile(dir string) (int, []byte, error) {
+	b, err := os.ReadFile(filepath.Join(dir, pidFile))
+	if err != nil {
+		return 0, nil, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, nil, fmt.Errorf("pid file: %w", err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	return pid, cmdline, nil
 }
 
 // RunningPIDs lists the live QEMU processes of VMs whose directories lie
@@ -127,15 +137,7 @@ func RunningPIDs(root string) []int {
 		if err != nil || e.IsDir() || e.Name() != pidFile {
 			return nil
 		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return nil
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		pid, cmdline, err := readPidFile(filepath.Dir(path))
 		if err == nil && bytes.Contains(cmdline, []byte("\x00hyperlet-")) {
 			out = append(out, pid)
 		}

@@ -83,6 +83,13 @@ func (d *Driver) cgroupPath(cfg vm.Config) (string, error) {
 	return jail.CgroupPath(parent, "hyperlet-vm-"+cfg.ID)
 }
 
+// limits bound a VM's cgroup: its RAM plus QEMU's overhead, and QEMU's
+// threads.
+func (d *Driver) limits(cfg vm.Config) jail.Limits {
+	o := d.jail()
+	return jail.Limits{MemoryBytes: int64(cfg.MemoryMiB+o.MemoryOverheadMiB) << 20, Pids: o.Pids}
+}
+
 // prepared holds what one start sets up before QEMU runs.
 type prepared struct {
 	l        launch
@@ -131,10 +138,7 @@ func (d *Driver) prepare(cfg vm.Config) (_ *prepared, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	p.cgroup, err = jail.NewCgroup(rel, jail.Limits{
-		MemoryBytes: int64(cfg.MemoryMiB+o.MemoryOverheadMiB) << 20,
-		Pids:        o.Pids,
-	})
+	p.cgroup, err = jail.NewCgroup(rel, d.limits(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", cfg.ID, err)
 	}
@@ -321,33 +325,27 @@ func (d *Driver) jailSpec(cfg vm.Config, args []string) jail.Spec {
 // copyOutput copies the console into its log up to the cap, and QEMU's
 // stderr (nil after a restart) into the VM directory.
 func (v *instance) copyOutput(console *os.File, log string, limit int64, stderr *os.File) {
-	v.output.Add(1)
-	go func() {
-		defer v.output.Done()
-		defer console.Close()
-		f, err := os.OpenFile(log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o640)
-		if err != nil {
-			klog.ErrorS(err, "open console log", "vm", v.cfg.ID)
-			io.Copy(io.Discard, console)
-			return
-		}
-		defer f.Close()
-		cappedCopy(f, console, limit)
-	}()
-	if stderr == nil {
-		return
+	v.copyCapped(console, log, os.O_APPEND, 0o640, limit)
+	if stderr != nil {
+		v.copyCapped(stderr, filepath.Join(v.cfg.Dir, errFile), os.O_TRUNC, 0o600, stderrLimit)
 	}
+}
+
+// copyCapped copies r, until it ends, into path (opened with flag, never
+// through a symlink) up to limit bytes, and drops the rest.
+func (v *instance) copyCapped(r *os.File, path string, flag int, mode os.FileMode, limit int64) {
 	v.output.Add(1)
 	go func() {
 		defer v.output.Done()
-		defer stderr.Close()
-		f, err := os.OpenFile(filepath.Join(v.cfg.Dir, errFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		defer r.Close()
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|flag|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 		if err != nil {
-			io.Copy(io.Discard, stderr)
+			klog.ErrorS(err, "open VM output log", "vm", v.cfg.ID)
+			io.Copy(io.Discard, r)
 			return
 		}
 		defer f.Close()
-		cappedCopy(f, stderr, stderrLimit)
+		cappedCopy(f, r, limit)
 	}()
 }
 
@@ -414,8 +412,7 @@ func (v *instance) Confine(parent string, oomScoreAdj int) error {
 		// A pod without a cgroup parent: the VM stays where it is.
 		return jail.SetOOMScoreAdj(v.pid, oomScoreAdj)
 	}
-	o := v.drv.jail()
-	cg, err := jail.NewCgroup(rel, jail.Limits{MemoryBytes: int64(cfg.MemoryMiB+o.MemoryOverheadMiB) << 20, Pids: o.Pids})
+	cg, err := jail.NewCgroup(rel, v.drv.limits(cfg))
 	if err != nil {
 		return err
 	}

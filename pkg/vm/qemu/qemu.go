@@ -241,7 +241,7 @@ func (d *Driver) Start(ctx context.Context, cfg vm.Config) (_ vm.VM, retErr erro
 		drv:     d,
 		ids:     j.ids,
 		cgroup:  j.cgroup,
-		release: d.jail().IDs.Put,
+		release: j.alloc.Put,
 		signal:  cmd.Process.Signal,
 		waitPID: func() error { return exitError(cfg.ID, cmd.Wait()) },
 		exited:  make(chan struct{}),
@@ -495,8 +495,15 @@ func (v *instance) aliveContext(ctx context.Context) (context.Context, context.C
 	return ctx, cancel
 }
 
-func (v *instance) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
-	return v.executeFD(ctx, cmd, args, nil)
+// execute runs one QMP command on a connection of its own: QMP serves one
+// client at a time, and nothing stays connected that a daemon restart would
+// have to undo.
+func (v *instance) execute(ctx context.Context, cmd string, args any) (ret json.RawMessage, err error) {
+	err = v.session(ctx, func(q *qmp) error {
+		ret, err = q.execute(ctx, cmd, args)
+		return err
+	})
+	return ret, err
 }
 
 // session runs fn on one QMP connection.
@@ -514,25 +521,6 @@ func (v *instance) session(ctx context.Context, fn func(q *qmp) error) error {
 	}
 	defer q.close()
 	return fn(q)
-}
-
-// executeFD runs a QMP command, passing fd with it when not nil.
-func (v *instance) executeFD(ctx context.Context, cmd string, args any, fd *os.File) (json.RawMessage, error) {
-	select {
-	case <-v.exited:
-		return nil, fmt.Errorf("vm %s: %w", v.cfg.ID, vm.ErrNotRunning)
-	default:
-	}
-	// One connection per command: QMP serves one client at a time, and
-	// nothing stays connected that a daemon restart would have to undo.
-	ctx, cancel := v.aliveContext(ctx)
-	defer cancel()
-	q, err := dialQMP(ctx, filepath.Join(v.cfg.Dir, qmpSock))
-	if err != nil {
-		return nil, err
-	}
-	defer q.close()
-	return q.executeFD(ctx, cmd, args, fd)
 }
 
 // AddDisk attaches a file as a SCSI disk on the VM's virtio-scsi controller.
