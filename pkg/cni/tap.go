@@ -3,7 +3,6 @@ package cni
 import (
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -28,14 +27,7 @@ type Tap struct {
 // is already running (a warm VM), which is moved into the pod's namespace.
 // Taps are not persistent: one disappears when the last holder of its queue
 // (QEMU) exits.
-func ConnectTap(nsPath, hostTap string) (_ *Tap, retErr error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return nil, err
-	}
-	defer orig.Close()
+func ConnectTap(nsPath, hostTap string) (*Tap, error) {
 	target, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
@@ -50,23 +42,32 @@ func ConnectTap(nsPath, hostTap string) (_ *Tap, retErr error) {
 			return nil, fmt.Errorf("move tap %s into pod netns: %w", hostTap, err)
 		}
 	}
-	if err := netns.Set(target); err != nil {
-		return nil, fmt.Errorf("enter netns: %w", err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			runtime.UnlockOSThread() // leave a thread in the wrong namespace to die
-			if retErr == nil {
-				retErr = err
-			}
+	var tap *Tap
+	err = onThread(func() error {
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
 		}
-	}()
+		var err error
+		tap, err = connectTap(hostTap)
+		return err
+	})
+	if err != nil {
+		if tap != nil && tap.File != nil {
+			tap.File.Close()
+		}
+		return nil, err
+	}
+	return tap, nil
+}
 
+// connectTap does ConnectTap's work inside the pod's namespace. On error
+// the returned Tap, if any, holds a queue the caller closes.
+func connectTap(hostTap string) (*Tap, error) {
 	eth, err := netlink.LinkByName(IfName)
 	if err != nil {
 		return nil, fmt.Errorf("CNI interface %s: %w", IfName, err)
 	}
-	var file *os.File
+	t := &Tap{MAC: eth.Attrs().HardwareAddr.String(), MTU: eth.Attrs().MTU}
 	if hostTap == "" {
 		tap := &netlink.Tuntap{
 			LinkAttrs:  netlink.LinkAttrs{Name: TapName, MTU: eth.Attrs().MTU},
@@ -78,12 +79,7 @@ func ConnectTap(nsPath, hostTap string) (_ *Tap, retErr error) {
 		if err := netlink.LinkAdd(tap); err != nil {
 			return nil, fmt.Errorf("create tap: %w", err)
 		}
-		file = tap.Fds[0]
-		defer func() {
-			if retErr != nil {
-				file.Close()
-			}
-		}()
+		t.File = tap.Fds[0]
 	} else {
 		link, err := netlink.LinkByName(hostTap)
 		if err == nil {
@@ -98,18 +94,18 @@ func ConnectTap(nsPath, hostTap string) (_ *Tap, retErr error) {
 	}
 	tapLink, err := netlink.LinkByName(TapName)
 	if err != nil {
-		return nil, err
+		return t, err
 	}
 	if err := netlink.LinkSetUp(tapLink); err != nil {
-		return nil, fmt.Errorf("tap up: %w", err)
+		return t, fmt.Errorf("tap up: %w", err)
 	}
 	if err := redirect(eth, tapLink); err != nil {
-		return nil, err
+		return t, err
 	}
 	if err := redirect(tapLink, eth); err != nil {
-		return nil, err
+		return t, err
 	}
-	return &Tap{File: file, MAC: eth.Attrs().HardwareAddr.String(), MTU: eth.Attrs().MTU}, nil
+	return t, nil
 }
 
 // NewTap creates a tap device in the caller's network namespace for a VM
