@@ -12,7 +12,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if r.GetConfig() == nil {
 		return nil, fmt.Errorf("%w: container config is required", errInvalid)
 	}
-	c, err := s.runtime.CreateContainer(ctx, r.PodSandboxId, r.Config)
+	c, err := s.ctrs.CreateContainer(ctx, r.PodSandboxId, r.Config)
 	if err != nil {
 		return nil, err
 	}

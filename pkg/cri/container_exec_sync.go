@@ -9,7 +9,7 @@ import (
 
 // ExecSync runs a command in a container and returns its output.
 func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
-	res, err := s.runtime.ExecSync(ctx, r.ContainerId, r.Cmd, time.Duration(r.Timeout)*time.Second)
+	res, err := s.procs.ExecSync(ctx, r.ContainerId, r.Cmd, time.Duration(r.Timeout)*time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 func (s *Service) ListContainers(ctx context.Context, r *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := r.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}
-	for _, c := range s.runtime.Containers() {
+	for _, c := range s.ctrs.Containers() {
 		if f.GetId() != "" && !strings.HasPrefix(c.ID(), f.GetId()) {
 			continue
 		}

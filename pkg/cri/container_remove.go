@@ -9,7 +9,7 @@ import (
 // RemoveContainer removes a container, killing it if it runs; a missing
 // container is no error.
 func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
-	if err := s.runtime.RemoveContainer(ctx, r.ContainerId); err != nil {
+	if err := s.ctrs.RemoveContainer(ctx, r.ContainerId); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.RemoveContainerResponse{}, nil

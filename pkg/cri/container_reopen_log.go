@@ -8,7 +8,7 @@ import (
 
 // ReopenContainerLog reopens a running container's log after kubelet rotated it.
 func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
-	if err := s.runtime.ReopenLog(r.ContainerId); err != nil {
+	if err := s.ctrs.ReopenLog(r.ContainerId); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.ReopenContainerLogResponse{}, nil

@@ -8,7 +8,7 @@ import (
 
 // StartContainer starts a created container.
 func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
-	if err := s.runtime.StartContainer(ctx, r.ContainerId); err != nil {
+	if err := s.ctrs.StartContainer(ctx, r.ContainerId); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.StartContainerResponse{}, nil

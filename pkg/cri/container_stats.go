@@ -12,7 +12,7 @@ import (
 // ContainerStats reports a container's CPU, memory and writable layer use,
 // read from its cgroup in the VM.
 func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
-	c, err := s.runtime.Container(r.ContainerId)
+	c, err := s.ctrs.Container(r.ContainerId)
 	if err != nil {
 		return nil, err
 	}
@@ -23,7 +23,7 @@ func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerSta
 func (s *Service) ListContainerStats(ctx context.Context, r *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
 	f := r.GetFilter()
 	resp := &runtimeapi.ListContainerStatsResponse{}
-	for _, c := range s.runtime.Containers() {
+	for _, c := range s.ctrs.Containers() {
 		if f.GetId() != "" && !strings.HasPrefix(c.ID(), f.GetId()) ||
 			f.GetPodSandboxId() != "" && !strings.HasPrefix(c.PodID(), f.GetPodSandboxId()) ||
 			!matchLabels(c.Config().GetLabels(), f.GetLabelSelector()) {
@@ -46,17 +46,17 @@ func (s *Service) containerStats(ctx context.Context, c *sandbox.Container) *run
 			Id: c.ID(), Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
 		},
 	}
-	st, err := s.runtime.ContainerStats(ctx, c.ID())
+	st, err := s.stats.ContainerStats(ctx, c.ID())
 	if err != nil {
 		return out
 	}
-	ts := st.TimestampUnixNano
-	out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: st.CpuUsageNano}}
+	ts := st.Timestamp.UnixNano()
+	out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: st.CPUUsageNanos}}
 	out.Memory = &runtimeapi.MemoryUsage{
 		Timestamp:       ts,
 		WorkingSetBytes: &runtimeapi.UInt64Value{Value: st.MemoryWorkingSetBytes},
 		UsageBytes:      &runtimeapi.UInt64Value{Value: st.MemoryUsageBytes},
-		RssBytes:        &runtimeapi.UInt64Value{Value: st.MemoryRssBytes},
+		RssBytes:        &runtimeapi.UInt64Value{Value: st.MemoryRSSBytes},
 		PageFaults:      &runtimeapi.UInt64Value{Value: st.PageFaults},
 		MajorPageFaults: &runtimeapi.UInt64Value{Value: st.MajorPageFaults},
 	}

@@ -11,7 +11,7 @@ import (
 
 // ContainerStatus reports a container's state, exit and image.
 func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
-	c, err := s.runtime.Container(r.ContainerId)
+	c, err := s.ctrs.Container(r.ContainerId)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@ import (
 // StopContainer sends SIGTERM, then SIGKILL after the timeout (seconds).
 // Stopping a stopped or missing container succeeds.
 func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
-	if err := s.runtime.StopContainer(ctx, r.ContainerId, r.Timeout); err != nil {
+	if err := s.ctrs.StopContainer(ctx, r.ContainerId, r.Timeout); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.StopContainerResponse{}, nil

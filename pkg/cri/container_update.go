@@ -8,7 +8,7 @@ import (
 
 // UpdateContainerResources changes a container's CPU and memory limits.
 func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.UpdateContainerResourcesRequest) (*runtimeapi.UpdateContainerResourcesResponse, error) {
-	if err := s.runtime.UpdateResources(ctx, r.ContainerId, r.Linux); err != nil {
+	if err := s.ctrs.UpdateResources(ctx, r.ContainerId, r.Linux); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.UpdateContainerResourcesResponse{}, nil

@@ -25,5 +25,5 @@ func (s *Service) requireRunning(id string) error {
 	if s.streamer == nil {
 		return fmt.Errorf("streaming server: %w", errUnavailable)
 	}
-	return s.runtime.Running(id)
+	return s.procs.Running(id)
 }

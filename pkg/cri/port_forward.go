@@ -13,7 +13,7 @@ func (s *Service) PortForward(ctx context.Context, r *runtimeapi.PortForwardRequ
 	if s.streamer == nil {
 		return nil, fmt.Errorf("streaming server: %w", errUnavailable)
 	}
-	p, err := s.runtime.Pod(r.PodSandboxId)
+	p, err := s.pods.Pod(r.PodSandboxId)
 	if err != nil {
 		return nil, err
 	}

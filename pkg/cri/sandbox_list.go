@@ -11,7 +11,7 @@ import (
 func (s *Service) ListPodSandbox(ctx context.Context, r *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := r.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
-	for _, p := range s.runtime.Pods() {
+	for _, p := range s.pods.Pods() {
 		if f.GetId() != "" && !strings.HasPrefix(p.ID(), f.GetId()) {
 			continue
 		}

@@ -8,7 +8,7 @@ import (
 
 // RemovePodSandbox removes the pod and its containers; a missing pod is no error.
 func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
-	if err := s.runtime.RemovePod(ctx, r.PodSandboxId); err != nil {
+	if err := s.pods.RemovePod(ctx, r.PodSandboxId); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.RemovePodSandboxResponse{}, nil

@@ -12,7 +12,7 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if r.GetConfig() == nil {
 		return nil, fmt.Errorf("%w: pod config is required", errInvalid)
 	}
-	p, err := s.runtime.RunPod(ctx, r.Config, r.RuntimeHandler)
+	p, err := s.pods.RunPod(ctx, r.Config, r.RuntimeHandler)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,7 @@ import (
 
 // PodSandboxStats sums the pod's container stats.
 func (s *Service) PodSandboxStats(ctx context.Context, r *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
-	p, err := s.runtime.Pod(r.PodSandboxId)
+	p, err := s.pods.Pod(r.PodSandboxId)
 	if err != nil {
 		return nil, err
 	}
@@ -22,7 +22,7 @@ func (s *Service) PodSandboxStats(ctx context.Context, r *runtimeapi.PodSandboxS
 func (s *Service) ListPodSandboxStats(ctx context.Context, r *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	f := r.GetFilter()
 	resp := &runtimeapi.ListPodSandboxStatsResponse{}
-	for _, p := range s.runtime.Pods() {
+	for _, p := range s.pods.Pods() {
 		if f.GetId() != "" && !strings.HasPrefix(p.ID(), f.GetId()) || !matchLabels(p.Config().GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
@@ -39,7 +39,7 @@ func (s *Service) podStats(ctx context.Context, p *sandbox.Pod) *runtimeapi.PodS
 	lx := &runtimeapi.LinuxPodSandboxStats{}
 	var cpu, mem, ws, rss uint64
 	var ts int64
-	for _, c := range s.runtime.PodContainers(p.ID()) {
+	for _, c := range s.pods.PodContainers(p.ID()) {
 		if c.Status().State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			continue
 		}

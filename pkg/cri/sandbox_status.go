@@ -11,7 +11,7 @@ import (
 
 // PodSandboxStatus reports a pod's state.
 func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
-	p, err := s.runtime.Pod(r.PodSandboxId)
+	p, err := s.pods.Pod(r.PodSandboxId)
 	if err != nil {
 		return nil, err
 	}

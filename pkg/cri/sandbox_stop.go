@@ -8,7 +8,7 @@ import (
 
 // StopPodSandbox stops the pod's containers and VM; a missing pod is no error.
 func (s *Service) StopPodSandbox(ctx context.Context, r *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
-	if err := s.runtime.StopPod(ctx, r.PodSandboxId); err != nil {
+	if err := s.pods.StopPod(ctx, r.PodSandboxId); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.StopPodSandboxResponse{}, nil

@@ -26,7 +26,12 @@ type Service struct {
 	version  string
 	accel    func() (vm.Accel, error)
 	images   ImageStore
-	runtime  Runtime
+	pods     Pods
+	ctrs     Containers
+	procs    Processes
+	stats    Stats
+	events   Events
+	vms      VMs
 	network  func() error
 	streamer Streamer
 	layerFS  string // host mountpoint reported for writable layers

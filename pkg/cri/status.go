@@ -29,8 +29,8 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
 	}
-	if r.GetVerbose() && s.runtime != nil {
-		info, _ := json.Marshal(s.runtime.VMStatus())
+	if r.GetVerbose() && s.vms != nil {
+		info, _ := json.Marshal(s.vms.VMStatus())
 		resp.Info = map[string]string{"vms": string(info)}
 	}
 	return resp, nil

@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/failpoint"
 )
 
 // Size limits for what a registry sends (untrusted input).
@@ -127,6 +129,9 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 		rec.RepoTags = []string{repo + ":" + t.Tag()}
 	}
 	rec.RepoDigests = []string{repo + "@" + topDigest.String()}
+	if err := failpoint.Hit("pull-image:before-record"); err != nil {
+		return nil, err
+	}
 	return s.record(rec)
 }
 

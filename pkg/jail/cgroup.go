@@ -191,3 +191,35 @@ func (cg *Cgroup) Remove() error {
 	}
 	return errors.Join(errs...)
 }
+
+// SweepCgroups removes the empty cgroups named prefix+ID, anywhere in the
+// hierarchies VMs are accounted in, whose ID keep rejects. It returns the
+// IDs removed.
+func SweepCgroups(prefix string, keep func(id string) bool) ([]string, error) {
+	found := map[string]bool{}
+	var errs []error
+	for _, h := range hierarchies() {
+		filepath.WalkDir(h.root, func(path string, e os.DirEntry, err error) error {
+			if err != nil || !e.IsDir() {
+				return nil
+			}
+			id, ok := strings.CutPrefix(e.Name(), prefix)
+			if !ok {
+				return nil
+			}
+			if !keep(id) {
+				if err := (&Cgroup{Dirs: []string{path}}).Remove(); err != nil {
+					errs = append(errs, err)
+				} else {
+					found[id] = true
+				}
+			}
+			return filepath.SkipDir
+		})
+	}
+	ids := make([]string, 0, len(found))
+	for id := range found {
+		ids = append(ids, id)
+	}
+	return ids, errors.Join(errs...)
+}

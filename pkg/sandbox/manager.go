@@ -29,12 +29,6 @@ type Images interface {
 	Acquire(id string) (release func(), err error)
 }
 
-// Hypervisor starts pod VMs and takes over those a previous daemon started.
-type Hypervisor interface {
-	vm.Hypervisor
-	Attach(ctx context.Context, cfg vm.Config) (vm.VM, error)
-}
-
 // Config is how the Manager makes pod VMs.
 type Config struct {
 	// Root holds persistent records (the database); pod files go under
@@ -64,7 +58,7 @@ type Config struct {
 // watch running containers and write their logs.
 type Manager struct {
 	cfg    Config
-	hv     Hypervisor
+	hv     vm.Hypervisor
 	images Images
 	db     *store
 	events events
@@ -79,7 +73,7 @@ type Manager struct {
 
 // New opens the Manager's records and takes over the pods a previous daemon
 // left running.
-func New(ctx context.Context, cfg Config, hv Hypervisor, images Images) (*Manager, error) {
+func New(ctx context.Context, cfg Config, hv vm.Hypervisor, images Images) (*Manager, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.Root, "pods"), 0o711); err != nil {
 		return nil, err
 	}
@@ -97,6 +91,7 @@ func New(ctx context.Context, cfg Config, hv Hypervisor, images Images) (*Manage
 		db.close()
 		return nil, err
 	}
+	m.sweep(ctx)
 	m.pool = newPool(m, cfg.PoolSize)
 	if cfg.Templates != nil && cfg.PoolSize == 0 {
 		// The pool builds the base template first; without a pool, build
@@ -234,42 +229,4 @@ func (m *Manager) releaseName(name, id string) {
 	if m.names[name] == id {
 		delete(m.names, name)
 	}
-}
-
-// recover loads the records and reconnects to the VMs that still run.
-func (m *Manager) recover(ctx context.Context) error {
-	var pods []*podRecord
-	if err := each(m.db, podsBucket, func(r *podRecord) { pods = append(pods, r) }); err != nil {
-		return err
-	}
-	var ctrs []*containerRecord
-	if err := each(m.db, containersBucket, func(r *containerRecord) { ctrs = append(ctrs, r) }); err != nil {
-		return err
-	}
-	for _, r := range pods {
-		p, err := m.restorePod(ctx, r)
-		if err != nil {
-			klog.ErrorS(err, "restore pod record", "pod", r.ID)
-			continue
-		}
-		m.pods[p.ID()] = p
-		m.names[p.name()] = p.ID()
-	}
-	for _, r := range ctrs {
-		p, ok := m.pods[r.PodID]
-		if !ok {
-			klog.InfoS("dropping container of a missing pod", "container", r.ID, "pod", r.PodID)
-			m.db.delete(containersBucket, r.ID)
-			continue
-		}
-		c, err := m.restoreContainer(p, r)
-		if err != nil {
-			klog.ErrorS(err, "restore container record", "container", r.ID)
-			continue
-		}
-		m.ctrs[c.ID()] = c
-		m.names[c.name()] = c.ID()
-	}
-	klog.InfoS("restored runtime state", "pods", len(m.pods), "containers", len(m.ctrs))
-	return nil
 }

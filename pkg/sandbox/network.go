@@ -10,14 +10,19 @@ import (
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 	"github.com/hyperlet/hyperlet/pkg/cni"
+	"github.com/hyperlet/hyperlet/pkg/failpoint"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
 // Network attaches pods to the node's pod network (pkg/cni).
 type Network interface {
 	Ready() error
-	Add(ctx context.Context, p cni.Pod) (*cni.Result, error)
-	Del(ctx context.Context, p cni.Pod) error
+	// Attach creates the namespace named netns, runs CNI ADD in it and
+	// connects the VM's tap (new, or hostTap); on error the caller runs
+	// Detach.
+	Attach(ctx context.Context, p cni.Pod, netns, hostTap string) (*cni.Attachment, error)
+	// Detach runs CNI DEL and deletes the namespace; it is idempotent.
+	Detach(ctx context.Context, p cni.Pod, netns string) error
 }
 
 var _ Network = (*cni.Manager)(nil)
@@ -45,43 +50,24 @@ func cniPod(id string, cfg *runtime.PodSandboxConfig, nsPath string) cni.Pod {
 	return p
 }
 
-// attachNetwork creates the pod's namespace, runs CNI ADD and prepares the
-// tap the VM's NIC uses: a new one, or hostTap, a warm VM's. On failure it
-// undoes what it did.
-func (m *Manager) attachNetwork(ctx context.Context, p *Pod, hostTap string) (_ *vm.NetDevice, _ *cni.Result, retErr error) {
+// attachNetwork gives the pod its network, in the namespace its record
+// names already, and returns the VM's NIC (its tap: a new one, or hostTap,
+// a warm VM's). On failure the caller runs detachNetwork.
+func (m *Manager) attachNetwork(ctx context.Context, p *Pod, hostTap string) (*vm.NetDevice, *cni.Result, error) {
 	if m.cfg.Network == nil {
 		return nil, nil, fmt.Errorf("%w: no pod network configured", ErrNotReady)
 	}
 	if err := m.cfg.Network.Ready(); err != nil {
 		return nil, nil, fmt.Errorf("%w: pod network: %v", ErrNotReady, err)
 	}
-	name := netnsName(p.ID())
-	nsPath, err := cni.NewNetNS(name)
+	a, err := m.cfg.Network.Attach(ctx, cniPod(p.ID(), p.cfg, ""), p.rec.Network.NetNS, hostTap)
 	if err != nil {
 		return nil, nil, err
 	}
-	p.rec.Network = &podNetwork{NetNS: name}
-	if err := p.persist(); err != nil {
-		cni.DeleteNetNS(name)
-		return nil, nil, err
-	}
-	defer func() {
-		if retErr != nil {
-			m.detachNetwork(context.Background(), p)
-		}
-	}()
-	res, err := m.cfg.Network.Add(ctx, cniPod(p.ID(), p.cfg, nsPath))
-	if err != nil {
-		return nil, nil, err
-	}
-	tap, err := cni.ConnectTap(nsPath, hostTap)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, ip := range res.IPs {
+	for _, ip := range a.Result.IPs {
 		p.rec.Network.IPs = append(p.rec.Network.IPs, ip.Address.IP.String())
 	}
-	return &vm.NetDevice{Tap: tap.File, MAC: tap.MAC}, res, nil
+	return &vm.NetDevice{Tap: a.Tap.File, MAC: a.Tap.MAC}, a.Result, nil
 }
 
 // guestNetwork is what the agent configures from a CNI result.
@@ -113,22 +99,24 @@ func guestNetwork(dev *vm.NetDevice, res *cni.Result) ([]*agentapi.Interface, []
 	return []*agentapi.Interface{ifc}, routes
 }
 
-// detachNetwork runs CNI DEL and deletes the namespace. It is idempotent.
+// detachNetwork runs CNI DEL and deletes the namespace. It is idempotent:
+// the record keeps the namespace's name until both are done.
 func (m *Manager) detachNetwork(ctx context.Context, p *Pod) error {
+	p.mu.Lock()
 	n := p.rec.Network
-	if n == nil || n.NetNS == "" {
+	p.mu.Unlock()
+	if n == nil || n.NetNS == "" || m.cfg.Network == nil {
 		return nil
 	}
-	if m.cfg.Network != nil {
-		nsPath := "/var/run/netns/" + n.NetNS
-		if err := m.cfg.Network.Del(ctx, cniPod(p.ID(), p.cfg, nsPath)); err != nil {
-			klog.ErrorS(err, "CNI DEL", "pod", p.ID())
-			return err
-		}
-	}
-	if err := cni.DeleteNetNS(n.NetNS); err != nil {
+	if err := failpoint.Hit("cni-del"); err != nil {
 		return err
 	}
+	if err := m.cfg.Network.Detach(ctx, cniPod(p.ID(), p.cfg, ""), n.NetNS); err != nil {
+		klog.ErrorS(err, "tear down pod network", "pod", p.ID())
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.rec.Network = &podNetwork{IPs: n.IPs}
 	return p.persist()
 }

@@ -126,8 +126,12 @@ func (pl *pool) take(cfg vm.Config) *warmVM {
 }
 
 // adopted forgets a warm VM's pool record: its pod's record now owns it.
+// A record left by a failed delete is harmless: recoverPool leaves a VM a
+// pod record names alone.
 func (pl *pool) adopted(w *warmVM) {
-	pl.m.db.delete(poolBucket, w.Config.ID)
+	if err := pl.m.db.delete(poolBucket, w.Config.ID); err != nil {
+		klog.ErrorS(err, "delete pool record of an adopted VM", "vm", w.Config.ID)
+	}
 }
 
 // refill starts one warm VM in the background if the pool is short.
@@ -273,22 +277,4 @@ func (pl *pool) status() PoolStatus {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	return PoolStatus{Size: pl.size, Ready: len(pl.ready), Hits: pl.hits, Misses: pl.misses}
-}
-
-// recoverPool removes warm VMs a previous daemon left.
-func (m *Manager) recoverPool(ctx context.Context) error {
-	var left []*warmVM
-	if err := each(m.db, poolBucket, func(w *warmVM) { left = append(left, w) }); err != nil {
-		return err
-	}
-	for _, w := range left {
-		if v, err := m.hv.Attach(ctx, w.Config); err == nil {
-			v.Kill()
-		}
-		removeWarmFiles(m, w)
-	}
-	if len(left) > 0 {
-		klog.InfoS("removed warm VMs left by a previous daemon", "count", len(left))
-	}
-	return nil
 }

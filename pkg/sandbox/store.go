@@ -2,16 +2,21 @@ package sandbox
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"k8s.io/klog/v2"
 )
 
 var (
 	podsBucket       = []byte("pods")
 	containersBucket = []byte("containers")
+	// quarantineBucket keeps records that could not be decoded, keyed by
+	// bucket/id, for an operator to look at; they are never acted on.
+	quarantineBucket = []byte("quarantine")
 )
 
 // store persists pod and container records in bbolt, so a restarted daemon
@@ -26,7 +31,7 @@ func openStore(root string) (*store, error) {
 		return nil, fmt.Errorf("open sandbox database: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{podsBucket, containersBucket, poolBucket} {
+		for _, b := range [][]byte{podsBucket, containersBucket, poolBucket, quarantineBucket} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -58,16 +63,43 @@ func (s *store) delete(bucket []byte, id string) error {
 	})
 }
 
-// each decodes every record of a bucket into a fresh value from newV.
+// each decodes every record of a bucket into a fresh value and calls fn
+// with it. A record that cannot be decoded moves to the quarantine bucket
+// (logged, not fatal: one bad record must not keep the daemon down).
 func each[T any](s *store, bucket []byte, fn func(*T)) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	var bad [][2][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
 			rec := new(T)
 			if err := json.Unmarshal(v, rec); err != nil {
-				return fmt.Errorf("decode record %s: %w", k, err)
+				klog.ErrorS(err, "quarantining a record that cannot be decoded", "bucket", string(bucket), "id", string(k))
+				bad = append(bad, [2][]byte{append([]byte(nil), k...)})
+				return nil
 			}
 			fn(rec)
 			return nil
 		})
+	})
+	if err != nil || len(bad) == 0 {
+		return err
+	}
+	var errs []error
+	for _, kv := range bad {
+		errs = append(errs, s.quarantine(bucket, string(kv[0])))
+	}
+	return errors.Join(errs...)
+}
+
+// quarantine moves a record to the quarantine bucket.
+func (s *store) quarantine(bucket []byte, id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucket).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		if err := tx.Bucket(quarantineBucket).Put([]byte(string(bucket)+"/"+id), v); err != nil {
+			return err
+		}
+		return tx.Bucket(bucket).Delete([]byte(id))
 	})
 }

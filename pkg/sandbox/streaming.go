@@ -1,11 +1,13 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
@@ -18,37 +20,70 @@ import (
 // land here: Exec and PortForward run in the guest through the agent, Attach
 // joins a running container's output fan-out and stdin.
 
-// fanout copies a container's output stream to the attached clients.
+// fanout copies a container's output stream to the attached clients. It
+// never blocks the container's log copier: each client has its own queue
+// and writer, and a client that falls attachQueue writes behind is cut off.
 type fanout struct {
 	mu   sync.Mutex
 	next int
-	ws   map[int]io.Writer
+	ws   map[int]*attached
+}
+
+// attachQueue is how many output chunks a slow attached client may lag.
+const attachQueue = 256
+
+type attached struct {
+	ch   chan []byte
+	done chan struct{} // closed when the writer goroutine has returned
 }
 
 func (f *fanout) Write(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for id, w := range f.ws {
-		if _, err := w.Write(p); err != nil {
-			delete(f.ws, id) // a client that went away
+	for id, a := range f.ws {
+		select {
+		case a.ch <- bytes.Clone(p):
+		default:
+			close(a.ch) // too far behind: its stream ends here
+			delete(f.ws, id)
 		}
 	}
 	return len(p), nil
 }
 
+// add attaches w; remove detaches it, waiting (a bounded time) until
+// nothing more is written to w.
 func (f *fanout) add(w io.Writer) (remove func()) {
+	a := &attached{ch: make(chan []byte, attachQueue), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		failed := false
+		for b := range a.ch {
+			if !failed {
+				_, err := w.Write(b)
+				failed = err != nil // a client that went away: drain
+			}
+		}
+	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.ws == nil {
-		f.ws = map[int]io.Writer{}
+		f.ws = map[int]*attached{}
 	}
 	id := f.next
 	f.next++
-	f.ws[id] = w
+	f.ws[id] = a
 	return func() {
 		f.mu.Lock()
-		delete(f.ws, id)
+		if f.ws[id] == a {
+			close(a.ch)
+			delete(f.ws, id)
+		}
 		f.mu.Unlock()
+		select {
+		case <-a.done:
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
 

@@ -47,17 +47,11 @@ const (
 	vmFile     = "vm.json"       // a build's VM, to kill after a crash
 )
 
-// Hypervisor boots template VMs and takes over one a crashed daemon left.
-type Hypervisor interface {
-	vm.Hypervisor
-	Attach(ctx context.Context, cfg vm.Config) (vm.VM, error)
-}
-
 // Store builds, finds and removes templates under one directory, which
 // should be on a tmpfs: the RAM files live there.
 type Store struct {
 	dir string
-	hv  Hypervisor
+	hv  vm.Hypervisor
 	// ready waits until a booted VM's guest is ready to be frozen.
 	ready func(ctx context.Context, v vm.VM) error
 	// vmDir returns a short directory for a build's VM (socket paths).
@@ -114,7 +108,7 @@ type Options struct {
 
 // Open opens the store: it removes builds a crash interrupted (killing
 // their VMs) and templates made from other inputs.
-func Open(ctx context.Context, hv Hypervisor, o Options) (*Store, error) {
+func Open(ctx context.Context, hv vm.Hypervisor, o Options) (*Store, error) {
 	inputs, err := digestFiles(o.Files, o.Extra)
 	if err != nil {
 		return nil, fmt.Errorf("template inputs: %w", err)

@@ -18,6 +18,10 @@ func (h *noHypervisor) Start(context.Context, vm.Config) (vm.VM, error) {
 	return nil, errors.New("no VMs in unit tests")
 }
 
+func (h *noHypervisor) Sweep(context.Context, string, func(string) bool) ([]string, error) {
+	return nil, nil
+}
+
 func (h *noHypervisor) Attach(_ context.Context, cfg vm.Config) (vm.VM, error) {
 	h.attached = append(h.attached, cfg.ID)
 	return nil, vm.ErrNotRunning

@@ -148,6 +148,15 @@ type Hypervisor interface {
 	// Start boots a VM. The VM is running (not necessarily agent-ready)
 	// when Start returns; on error nothing is left behind.
 	Start(ctx context.Context, cfg Config) (VM, error)
+	// Attach takes over a VM started earlier (by a daemon since
+	// restarted), from cfg as it was at Start. A VM that is gone wraps
+	// ErrNotRunning, and its leftover directory is removed.
+	Attach(ctx context.Context, cfg Config) (VM, error)
+	// Sweep stops every VM whose directory lies under root and whose ID
+	// keep rejects, and removes what each left on the host (directory,
+	// cgroup): the VMs of a daemon killed before any record named them.
+	// It returns the IDs it removed.
+	Sweep(ctx context.Context, root string, keep func(id string) bool) ([]string, error)
 }
 
 // VM is one running micro-VM.

@@ -76,6 +76,7 @@ type criDaemon struct {
 	conn                     *grpc.ClientConn
 	rs                       runtimeapi.RuntimeServiceClient
 	is                       runtimeapi.ImageServiceClient
+	env                      []string // extra environment of the daemon
 }
 
 // startCRI starts a registry holding the busybox test image and a hyperlet
@@ -173,6 +174,7 @@ func (d *criDaemon) start() {
 	d.cmd = exec.Command(hyperletBinary(t), "--config", d.config, "--socket", d.socket,
 		"--root", d.root, "--state", d.state, "-v", "2")
 	d.cmd.Stderr = &lockedWriter{b: d.log}
+	d.cmd.Env = append(os.Environ(), d.env...)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -23,7 +25,11 @@ import (
 func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
 	pid, err := findQEMU(cfg)
 	if err != nil {
+		// Gone while no daemon watched it: what it left goes too.
 		os.RemoveAll(cfg.Dir)
+		if rel, cerr := d.cgroupPath(cfg); cerr == nil {
+			jail.OpenCgroup(rel).Remove()
+		}
 		return nil, fmt.Errorf("attach vm %s: %w: %v", cfg.ID, vm.ErrNotRunning, err)
 	}
 	// A pidfd pins the process: no confusion with a reused pid from here on.
@@ -60,18 +66,26 @@ func (d *Driver) Attach(ctx context.Context, cfg vm.Config) (vm.VM, error) {
 		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
 	}
 	go v.wait()
-	if err := v.waitQMP(ctx); err != nil {
-		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
+	// A QEMU that does not answer (wedged, or stopped) within the deadline
+	// is killed: a pod VM nobody can drive is worth nothing, and the
+	// daemon must not wait on it to serve.
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
+	defer cancel()
+	err = v.waitQMP(ctx)
+	if err == nil {
+		// Disks hot-added before the restart keep their SCSI targets: the
+		// next one goes after them.
+		v.nextTarget, err = v.usedTargets(ctx)
 	}
-	// Disks hot-added before the restart keep their SCSI targets: the next
-	// one goes after them.
-	next, err := v.usedTargets(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("attach vm %s: %w", cfg.ID, err)
+		v.Kill()
+		return nil, fmt.Errorf("attach vm %s: QMP does not answer, killed it: %w: %v", cfg.ID, vm.ErrNotRunning, err)
 	}
-	v.nextTarget = next
 	return v, nil
 }
+
+// attachTimeout bounds taking over one VM.
+const attachTimeout = 10 * time.Second
 
 // usedTargets returns one past the highest target of the VM's hot-added
 // disks (block nodes "diskN").

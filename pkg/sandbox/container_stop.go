@@ -1,0 +1,150 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/agent"
+	"github.com/hyperlet/hyperlet/pkg/oci"
+)
+
+// StopContainer signals a running container (SIGTERM, then SIGKILL after
+// timeout seconds) and waits for it to exit. Stopping a container that is
+// not running, or missing, succeeds.
+func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) error {
+	c, err := m.Container(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	running := c.rec.State == runtime.ContainerState_CONTAINER_RUNNING
+	proc, done := c.proc, c.done
+	c.mu.Unlock()
+	if !running || proc == nil {
+		return nil
+	}
+	if timeout > 0 {
+		if err := proc.Signal(ctx, 15); err != nil {
+			klog.V(2).InfoS("SIGTERM", "container", id, "err", err)
+		}
+		select {
+		case <-done:
+			return nil
+		case <-time.After(time.Duration(timeout) * time.Second):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := proc.Signal(ctx, 9); err != nil {
+		klog.V(2).InfoS("SIGKILL", "container", id, "err", err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("container %s did not exit after SIGKILL", id)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// RemoveContainer removes a container, stopping it first. Removing a
+// missing container succeeds.
+func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
+	c, err := m.Container(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := m.StopContainer(ctx, c.ID(), 0); err != nil {
+		return err
+	}
+	if client, err := c.pod.client(); err == nil {
+		if err := client.RemoveContainer(ctx, c.ID()); err != nil && !errors.Is(err, agent.ErrUnavailable) {
+			return fmt.Errorf("remove container in VM: %w", err)
+		}
+	}
+	if len(c.cfg.Mounts) > 0 {
+		if err := unshareMounts(c.pod.rec.VM.SharedDir, c.rec.ID[:16]+"-"); err != nil {
+			return fmt.Errorf("remove volumes of %s: %w", c.rec.ID, err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := m.db.delete(containersBucket, c.rec.ID); err != nil {
+		return fmt.Errorf("delete container record: %w", err)
+	}
+	if c.release != nil {
+		c.release()
+		c.release = nil
+	}
+	m.mu.Lock()
+	delete(m.ctrs, c.rec.ID)
+	m.mu.Unlock()
+	m.releaseName(c.name(), c.rec.ID)
+	m.eventLocked(c, runtime.ContainerEventType_CONTAINER_DELETED_EVENT)
+	return nil
+}
+
+// ReopenLog reopens a running container's log file after rotation.
+func (m *Manager) ReopenLog(id string) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rec.State != runtime.ContainerState_CONTAINER_RUNNING {
+		return fmt.Errorf("container %s is not running: %w", id, ErrNotReady)
+	}
+	if c.log == nil {
+		return nil
+	}
+	return c.log.Reopen()
+}
+
+// UpdateResources changes a running container's cgroup limits.
+func (m *Manager) UpdateResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
+	c, err := m.Container(id)
+	if err != nil {
+		return err
+	}
+	client, err := c.pod.client()
+	if err != nil {
+		return err
+	}
+	c.op.Lock()
+	defer c.op.Unlock()
+	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING && st != runtime.ContainerState_CONTAINER_CREATED {
+		return fmt.Errorf("container %s is %s: %w", id, st, ErrNotReady)
+	}
+	if err := client.UpdateContainer(ctx, c.ID(), oci.Resources(r)); err != nil {
+		return err
+	}
+	r = proto.Clone(r).(*runtime.LinuxContainerResources)
+	c.mu.Lock()
+	c.resources = r
+	c.mu.Unlock()
+	raw, err := proto.Marshal(c.Config())
+	if err != nil {
+		return fmt.Errorf("encode container config: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rec.Config = raw
+	if err := c.persistLocked(); err != nil {
+		return fmt.Errorf("persist container: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/failpoint"
+)
+
+// StopPod stops the pod's containers and its VM. Stopping a stopped pod
+// succeeds.
+func (m *Manager) StopPod(ctx context.Context, id string) error {
+	p, err := m.Pod(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, c := range m.podContainers(p.ID()) {
+		if err := m.StopContainer(ctx, c.ID(), 0); err != nil {
+			klog.InfoS("stop container of stopping pod", "container", c.ID(), "err", err)
+		}
+	}
+	p.op.Lock()
+	defer p.op.Unlock()
+	p.stopVM(ctx)
+	// Not ready from here on, whatever the network teardown says: the VM
+	// is gone.
+	p.mu.Lock()
+	wasReady := p.rec.State != runtime.PodSandboxState_SANDBOX_NOTREADY
+	p.rec.State = runtime.PodSandboxState_SANDBOX_NOTREADY
+	perr := p.persist()
+	p.mu.Unlock()
+	if err := failpoint.Hit("stop-pod:before-network"); err != nil {
+		return err
+	}
+	if err := m.detachNetwork(ctx, p); err != nil {
+		return fmt.Errorf("tear down pod network: %w", err)
+	}
+	if perr != nil {
+		return fmt.Errorf("persist pod: %w", perr)
+	}
+	if wasReady {
+		klog.InfoS("pod stopped", "pod", p.ID())
+	}
+	return nil
+}
+
+// stopVM powers the VM off: politely through the agent, then by force.
+// The caller holds p.op.
+func (p *Pod) stopVM(ctx context.Context) {
+	p.mu.Lock()
+	v, client := p.vm, p.agent
+	p.mu.Unlock()
+	if v == nil {
+		return
+	}
+	if client != nil {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := client.Shutdown(sctx); err == nil {
+			v.Wait(sctx)
+		}
+		cancel()
+		client.Close()
+	}
+	select {
+	case <-v.Exited():
+	default:
+		v.Kill()
+		v.Wait(context.Background())
+	}
+	p.mu.Lock()
+	p.vm, p.agent = nil, nil
+	p.mu.Unlock()
+}
+
+// RemovePod stops the pod, removes its containers and deletes everything it
+// had on the host. Removing a missing pod succeeds.
+func (m *Manager) RemovePod(ctx context.Context, id string) error {
+	p, err := m.Pod(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := m.StopPod(ctx, p.ID()); err != nil {
+		return err
+	}
+	for _, c := range m.podContainers(p.ID()) {
+		if err := m.RemoveContainer(ctx, c.ID()); err != nil {
+			return fmt.Errorf("remove container %s: %w", c.ID(), err)
+		}
+	}
+	p.op.Lock()
+	defer p.op.Unlock()
+	if err := failpoint.Hit("remove-pod:before-files"); err != nil {
+		return err
+	}
+	if p.rec.VM.SharedDir != "" {
+		if err := removeShared(p.rec.VM.SharedDir); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(p.dir()); err != nil {
+		return fmt.Errorf("remove pod directory: %w", err)
+	}
+	if err := m.db.delete(podsBucket, p.ID()); err != nil {
+		return fmt.Errorf("delete pod record: %w", err)
+	}
+	m.mu.Lock()
+	delete(m.pods, p.ID())
+	m.mu.Unlock()
+	m.releaseName(p.name(), p.ID())
+	klog.InfoS("pod removed", "pod", p.ID())
+	return nil
+}
+
+func (m *Manager) podContainers(podID string) []*Container {
+	var out []*Container
+	for _, c := range m.Containers() {
+		if c.rec.PodID == podID {
+			out = append(out, c)
+		}
+	}
+	return out
+}
