@@ -32,8 +32,14 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	if !running || proc == nil {
 		return nil
 	}
+	signal := func(sig uint32) error {
+		// A guest that stopped answering must not hold the caller.
+		sctx, cancel := context.WithTimeout(ctx, agentCallTimeout)
+		defer cancel()
+		return proc.Signal(sctx, sig)
+	}
 	if timeout > 0 {
-		if err := proc.Signal(ctx, 15); err != nil {
+		if err := signal(15); err != nil {
 			klog.V(2).InfoS("SIGTERM", "container", id, "err", err)
 		}
 		select {
@@ -44,8 +50,16 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 			return ctx.Err()
 		}
 	}
-	if err := proc.Signal(ctx, 9); err != nil {
-		klog.V(2).InfoS("SIGKILL", "container", id, "err", err)
+	if err := signal(9); err != nil {
+		// A process that just exited cannot be signalled either: give its
+		// exit a moment to be recorded.
+		select {
+		case <-done:
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		// Undelivered, it cannot end the container: say so now.
+		return fmt.Errorf("kill container %s: %w", id, err)
 	}
 	select {
 	case <-done:
@@ -71,7 +85,10 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		return err
 	}
 	if client, err := c.pod.client(); err == nil {
-		if err := client.RemoveContainer(ctx, c.ID()); err != nil && !errors.Is(err, agent.ErrUnavailable) {
+		rctx, cancel := context.WithTimeout(ctx, agentCallTimeout)
+		err := client.RemoveContainer(rctx, c.ID())
+		cancel()
+		if err != nil && !errors.Is(err, agent.ErrUnavailable) {
 			return fmt.Errorf("remove container in VM: %w", err)
 		}
 	}

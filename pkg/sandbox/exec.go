@@ -37,7 +37,7 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	if err != nil {
 		return nil, err
 	}
-	defer proc.Remove(context.Background())
+	defer endProcess(proc)
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -48,12 +48,8 @@ func (m *Manager) ExecSync(ctx context.Context, id string, cmd []string, timeout
 	copied := copyOutputs(ctx, proc, &stdout, &stderr, false)
 	st, err := proc.Wait(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			proc.Signal(context.Background(), 9)
-			proc.Wait(context.Background())
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) && timeout > 0 {
-				return nil, fmt.Errorf("command %q in %s: %w after %v", cmd, id, ErrExecTimeout, timeout)
-			}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && timeout > 0 {
+			return nil, fmt.Errorf("command %q in %s: %w after %v", cmd, id, ErrExecTimeout, timeout)
 		}
 		return nil, err
 	}
@@ -70,7 +66,35 @@ func (m *Manager) startExec(ctx context.Context, id string, cmd []string, tty, s
 	if err != nil {
 		return nil, err
 	}
+	// A guest that stopped answering must not hold the caller forever.
+	ctx, cancel := context.WithTimeout(ctx, execStartTimeout)
+	defer cancel()
 	return client.Exec(ctx, c.ID(), "exec-"+newID()[:24], &specs.Process{Args: cmd, Terminal: tty}, stdin, 0, 0)
+}
+
+// Bounds on the agent calls around an exec: starting it (runc exec is
+// slow under TCG) and ending it.
+const (
+	execStartTimeout = 30 * time.Second
+	execEndTimeout   = 5 * time.Second
+	// agentCallTimeout bounds a quick agent call (a signal, a removal).
+	agentCallTimeout = 10 * time.Second
+)
+
+// endProcess kills an exec'd process that still runs (its caller gave up
+// or went away) and frees it in the agent, within execEndTimeout.
+func endProcess(proc *agent.Process) {
+	ctx, cancel := context.WithTimeout(context.Background(), execEndTimeout)
+	defer cancel()
+	// One short wait tells an exited process from a running one.
+	wctx, wcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err := proc.Wait(wctx)
+	wcancel()
+	if err != nil {
+		proc.Signal(ctx, 9)
+		proc.Wait(ctx)
+	}
+	proc.Remove(ctx)
 }
 
 // copyOutputs copies a process's stdout to out and, without a tty, its

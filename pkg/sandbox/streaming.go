@@ -109,7 +109,7 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reade
 	if err != nil {
 		return err
 	}
-	defer proc.Remove(context.Background())
+	defer endProcess(proc) // a client that went away takes its process along
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if in != nil {

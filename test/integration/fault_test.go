@@ -199,6 +199,12 @@ func TestCRIStoppedVM(t *testing.T) {
 		t.Errorf("ExecSync with a 2 s timeout in a stopped VM did not return within a minute: %v", err)
 	}
 	ecancel()
+	sctx, scancel := context.WithTimeout(ctx, time.Minute)
+	d.rs.StopContainer(sctx, &runtimeapi.StopContainerRequest{ContainerId: ctr, Timeout: 1})
+	if sctx.Err() != nil {
+		t.Error("StopContainer of a container in a stopped VM did not return within a minute")
+	}
+	scancel()
 
 	// A daemon restarted while the VM is stopped serves (start waits at
 	// most a minute for the socket) and has given up on the VM.
