@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit fuzz bench-vm bench bench-density demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit fuzz bench-vm bench bench-density soak demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -73,6 +73,11 @@ bench: deps guest build ## hyperlet (cold boot, template clone, warm pool) vs co
 	$(GO) run ./hack/bench -n $(BENCH_N) -out docs/bench
 
 DENSITY ?= 200
+SOAK ?= 1h
+soak: deps guest build ## churn pods (create, exec, logs, remove) with 4 clients for $(SOAK), then kill -9 the daemon in a burst of 20 starts; table to docs/soak.md (not in CI)
+	hack/registry.sh up >/dev/null
+	$(GO) run ./hack/soak -duration $(SOAK) -out docs/soak.md
+
 bench-density: deps guest build ## ramp hyperlet up to $(DENSITY) idle pods, check each is Ready and exec-able, tear down
 	hack/registry.sh up >/dev/null
 	$(GO) run ./hack/bench -density $(DENSITY) -out docs/bench

@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	goruntime "runtime"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -10,7 +11,8 @@ import (
 // Status reports RuntimeReady once an accelerator is chosen and usable.
 // NetworkReady is true once a CNI network is configured and its plugins
 // are installed.
-// Verbose status adds the VM templates and the warm pool.
+// Verbose status adds the VM templates and the warm pool, and the daemon's
+// goroutine count (leak checks).
 func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
 	runtime := &runtimeapi.RuntimeCondition{Type: runtimeapi.RuntimeReady, Status: true}
 	if s.accel == nil {
@@ -29,9 +31,13 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
 	}
-	if r.GetVerbose() && s.vms != nil {
-		info, _ := json.Marshal(s.vms.VMStatus())
-		resp.Info = map[string]string{"vms": string(info)}
+	if r.GetVerbose() {
+		daemon, _ := json.Marshal(map[string]int{"goroutines": goruntime.NumGoroutine()})
+		resp.Info = map[string]string{"daemon": string(daemon)}
+		if s.vms != nil {
+			info, _ := json.Marshal(s.vms.VMStatus())
+			resp.Info["vms"] = string(info)
+		}
 	}
 	return resp, nil
 }
