@@ -203,16 +203,16 @@ func (m *Manager) PortForward(ctx context.Context, podID string, port int32, str
 	if port <= 0 || port > 65535 {
 		return fmt.Errorf("%w: port %d", ErrInvalid, port)
 	}
-	conn, err := client.OpenPort(ctx, "pf-"+newID()[:24], uint32(port))
+	octx, ocancel := context.WithTimeout(ctx, agentCallTimeout)
+	conn, err := client.OpenPort(octx, "pf-"+newID()[:24], uint32(port))
+	ocancel()
 	if err != nil {
 		return err
 	}
-	defer conn.Remove(context.Background())
+	defer endProcess(conn) // closes the guest's connection
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go conn.CopyStdin(ctx, stream)
 	_, err = conn.CopyOutput(ctx, agentapi.Stream_STDOUT, 0, stream)
-	conn.Signal(context.Background(), 9) // closes the guest's connection
-	conn.Wait(context.Background())
 	return err
 }

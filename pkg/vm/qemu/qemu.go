@@ -506,7 +506,11 @@ func (v *instance) execute(ctx context.Context, cmd string, args any) (ret json.
 	return ret, err
 }
 
-// session runs fn on one QMP connection.
+// qmpTimeout bounds one QMP session: a QEMU that stopped answering
+// (wedged, or SIGSTOPped) must not hold its caller.
+const qmpTimeout = 30 * time.Second
+
+// session runs fn on one QMP connection, within qmpTimeout.
 func (v *instance) session(ctx context.Context, fn func(q *qmp) error) error {
 	select {
 	case <-v.exited:
@@ -515,6 +519,8 @@ func (v *instance) session(ctx context.Context, fn func(q *qmp) error) error {
 	}
 	ctx, cancel := v.aliveContext(ctx)
 	defer cancel()
+	ctx, cancelTimeout := context.WithTimeout(ctx, qmpTimeout)
+	defer cancelTimeout()
 	q, err := dialQMP(ctx, filepath.Join(v.cfg.Dir, qmpSock))
 	if err != nil {
 		return err
