@@ -64,7 +64,9 @@ func (s *service) waitStarted(ctx context.Context, p *process) (int, error) {
 		}
 		select {
 		case <-p.exited:
-			if pid, err := readPID(p.hooks.pidFile); err == nil && pid > 0 {
+			// A fast command can start and end between two looks at the
+			// pid file, which goes at exit: the exit kept what it said.
+			if pid := p.status.startedPID; pid > 0 {
 				return pid, nil // started and already gone
 			}
 			msg := strings.TrimSpace(string(p.out[agentapi.Stream_STDERR].peek(4096)) + string(p.out[agentapi.Stream_STDOUT].peek(4096)))

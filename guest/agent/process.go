@@ -25,10 +25,13 @@ import (
 const outputLimit = 1 << 20
 
 type exitStatus struct {
-	code   int32
-	signal uint32
-	oom    bool
-	at     time.Time
+	// startedPID is the container process runc had started (its pid file),
+	// 0 if runc never got that far; read before the file is cleaned up.
+	startedPID int
+	code       int32
+	signal     uint32
+	oom        bool
+	at         time.Time
 }
 
 // procHooks adapt the table to processes run through runc: signals go to the
@@ -125,6 +128,9 @@ func (t *procTable) exited(pid int, ws unix.WaitStatus) {
 	if h := p.hooks; h != nil {
 		if h.cgroup != "" {
 			st.oom = oomKilled(h.cgroup)
+		}
+		if h.pidFile != "" {
+			st.startedPID, _ = readPID(h.pidFile)
 		}
 		for _, f := range h.cleanup {
 			os.Remove(f)
