@@ -123,3 +123,18 @@ func (m *Manager) eventLocked(c *Container, t runtime.ContainerEventType) {
 		PodSandboxStatus:   &runtime.PodSandboxStatus{Id: c.rec.PodID},
 	})
 }
+
+// lockContainer returns a container of a ready pod, with its lifecycle lock
+// held (the caller unlocks c.op), and the pod's agent.
+func (m *Manager) lockContainer(id string) (*Container, *agent.Client, error) {
+	c, err := m.Container(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := c.pod.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.op.Lock()
+	return c, client, nil
+}

@@ -18,15 +18,10 @@ import (
 
 // StartContainer starts a created container.
 func (m *Manager) StartContainer(ctx context.Context, id string) error {
-	c, err := m.Container(id)
+	c, client, err := m.lockContainer(id)
 	if err != nil {
 		return err
 	}
-	client, err := c.pod.client()
-	if err != nil {
-		return err
-	}
-	c.op.Lock()
 	defer c.op.Unlock()
 	c.mu.Lock()
 	if c.rec.State != runtime.ContainerState_CONTAINER_CREATED {

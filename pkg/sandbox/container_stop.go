@@ -133,15 +133,10 @@ func (m *Manager) ReopenLog(id string) error {
 
 // UpdateResources changes a running container's cgroup limits.
 func (m *Manager) UpdateResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
-	c, err := m.Container(id)
+	c, client, err := m.lockContainer(id)
 	if err != nil {
 		return err
 	}
-	client, err := c.pod.client()
-	if err != nil {
-		return err
-	}
-	c.op.Lock()
 	defer c.op.Unlock()
 	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING && st != runtime.ContainerState_CONTAINER_CREATED {
 		return fmt.Errorf("container %s is %s: %w", id, st, ErrNotReady)

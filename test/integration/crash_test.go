@@ -120,6 +120,16 @@ func (d *criDaemon) removeAll(ctx context.Context) {
 	}
 }
 
+// removeAllClean removes every pod through the CRI and checks that the
+// host has nothing more than it had before.
+func (d *criDaemon) removeAllClean(ctx context.Context, before hostState) {
+	d.t.Helper()
+	d.removeAll(ctx)
+	if left := d.hostState(d.t).leftSince(before); len(left) > 0 {
+		d.t.Fatalf("left on the host after removing everything:\n%s\nhyperlet log:\n%s", strings.Join(left, "\n"), d.log)
+	}
+}
+
 // crashAt restarts the daemon with the failpoint set to kill it, runs op
 // (which must hit it) and restarts the daemon without failpoints.
 func (d *criDaemon) crashAt(name string, op func() error) {
@@ -283,10 +293,7 @@ func TestCRICrashAtEveryStep(t *testing.T) {
 			if tc.after != nil {
 				tc.after(f)
 			}
-			d.removeAll(ctx)
-			if left := d.hostState(t).leftSince(before); len(left) > 0 {
-				t.Fatalf("left on the host after removing everything:\n%s\nhyperlet log:\n%s", strings.Join(left, "\n"), d.log)
-			}
+			d.removeAllClean(ctx, before)
 		})
 	}
 }

@@ -77,6 +77,7 @@ type criDaemon struct {
 	rs                       runtimeapi.RuntimeServiceClient
 	is                       runtimeapi.ImageServiceClient
 	env                      []string // extra environment of the daemon
+	reg                      *imagetest.Registry
 }
 
 // startCRI starts a registry holding the busybox test image and a hyperlet
@@ -94,7 +95,7 @@ func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 	reg := imagetest.StartRegistry(t, "", "")
 	reg.Push(t, "hyperlet-test/busybox:1", imagetest.BusyboxImage(t))
 	dir := runDir(t)
-	d := &criDaemon{t: t, dir: dir, socket: filepath.Join(dir, "cri.sock"),
+	d := &criDaemon{t: t, dir: dir, socket: filepath.Join(dir, "cri.sock"), reg: reg,
 		root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state"), config: filepath.Join(dir, "config.toml")}
 	cniDir := writeCNIConfig(t, dir)
 	for _, def := range []string{"template_dir = " + strconv.Quote(criTemplates), "pool_size = 0"} {

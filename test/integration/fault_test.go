@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/hyperlet/hyperlet/pkg/failpoint"
+	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
 
@@ -70,10 +72,7 @@ func TestCRIVMKilledUnderContainer(t *testing.T) {
 		r, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		return err == nil && r.Status.State == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
 	})
-	d.removeAll(ctx)
-	if left := d.hostState(t).leftSince(before); len(left) > 0 {
-		t.Fatalf("left on the host:\n%s", strings.Join(left, "\n"))
-	}
+	d.removeAllClean(ctx, before)
 }
 
 // TestCRINetworkFailures: a CNI ADD that fails (an invalid host-local
@@ -159,10 +158,7 @@ func TestCRINetworkFailures(t *testing.T) {
 	d.stop(syscall.SIGKILL)
 	d.env = nil
 	d.start()
-	d.removeAll(ctx)
-	if left := d.hostState(t).leftSince(before); len(left) > 0 {
-		t.Fatalf("left on the host:\n%s", strings.Join(left, "\n"))
-	}
+	d.removeAllClean(ctx, before)
 }
 
 // TestCRIStoppedVM: a pod VM that stops answering (SIGSTOP) holds up
@@ -217,8 +213,44 @@ func TestCRIStoppedVM(t *testing.T) {
 	if r.Status.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
 		t.Errorf("pod whose VM was stopped across a restart is %v, want NOTREADY", r.Status.State)
 	}
-	d.removeAll(ctx)
-	if left := d.hostState(t).leftSince(before); len(left) > 0 {
-		t.Fatalf("left on the host:\n%s", strings.Join(left, "\n"))
+	d.removeAllClean(ctx, before)
+}
+
+// TestCRIImageAfterRestart: a pod restored after the daemon was SIGKILLed
+// gets a second image's disk hot-added next to the first (not over it) and
+// runs a container from it, while the first container keeps running.
+func TestCRIImageAfterRestart(t *testing.T) {
+	d := startCRI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	second, err := mutate.AppendLayers(imagetest.BusyboxImage(t), imagetest.Layer(t, map[string]string{"second": "from the second image\n"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.reg.Push(t, "hyperlet-test/busybox:2", second)
+	d.pull(ctx)
+	pod := d.runPod(ctx, podConfig("reimage"))
+	first := d.createStart(ctx, pod, podConfig("reimage"), ctrConfig("first", "sleep", "3600"))
+
+	d.stop(syscall.SIGKILL)
+	d.start()
+	const secondImage = "registry.k8s.io/hyperlet-test/busybox:2"
+	if _, err := d.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: secondImage}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := ctrConfig("second", "cat", "/second")
+	cfg.Image.Image = secondImage
+	ctr := d.createStart(ctx, pod, podConfig("reimage"), cfg)
+	st := d.waitExited(ctx, ctr)
+	if st.ExitCode != 0 {
+		t.Fatalf("container from the image attached after the restart: exit %d (%s)", st.ExitCode, st.Message)
+	}
+	if st := d.status(ctx, first); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("the first container is %v after the second image was attached", st.State)
+	}
+	// The first image's disk is still the first container's: exec in it.
+	r, err := d.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: first, Cmd: []string{"ls", "/bin/busybox"}, Timeout: 30})
+	if err != nil || r.ExitCode != 0 {
+		t.Errorf("exec in the first container after the second image was attached: %v %+v", err, r)
 	}
 }
