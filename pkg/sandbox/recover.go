@@ -151,12 +151,17 @@ func (m *Manager) restoreContainer(ctx context.Context, p *Pod, r *containerReco
 	case IntentCreate:
 		klog.InfoS("undoing a container creation a killed daemon left", "container", r.ID)
 		if clientErr == nil {
-			if err := client.RemoveContainer(ctx, r.ID); err != nil {
+			rctx, cancel := context.WithTimeout(ctx, agentCallTimeout)
+			err := client.RemoveContainer(rctx, r.ID)
+			cancel()
+			if err != nil {
 				return nil, fmt.Errorf("remove half-created container in the guest: %w", err)
 			}
 		}
-		if err := unshareMounts(p.rec.VM.SharedDir, r.ID[:16]+"-"); err != nil {
-			return nil, err
+		if p.rec.VM.SharedDir != "" {
+			if err := unshareMounts(p.rec.VM.SharedDir, r.ID[:16]+"-"); err != nil {
+				return nil, err
+			}
 		}
 		return nil, m.db.delete(containersBucket, r.ID)
 	case IntentStart:
