@@ -53,6 +53,7 @@ type Container struct {
 	mu        sync.Mutex
 	rec       containerRecord
 	resources *runtime.LinuxContainerResources // set by UpdateResources
+	removed   bool                             // its record is deleted
 	release   func()                           // unpins the image
 	done      chan struct{}                    // closed once a started container's exit is recorded
 	log       *crilog.File
@@ -105,7 +106,14 @@ func (c *Container) name() string {
 	return fmt.Sprintf("%s_%s_%s_%s_%d", md.GetName(), pmd.GetName(), pmd.GetNamespace(), pmd.GetUid(), md.GetAttempt())
 }
 
-func (c *Container) persistLocked() error { return c.m.db.put(containersBucket, c.rec.ID, &c.rec) }
+// persistLocked writes the record; the caller holds c.mu. A removed
+// container's record stays gone.
+func (c *Container) persistLocked() error {
+	if c.removed {
+		return nil
+	}
+	return c.m.db.put(containersBucket, c.rec.ID, &c.rec)
+}
 
 func (m *Manager) event(c *Container, t runtime.ContainerEventType) {
 	c.mu.Lock()

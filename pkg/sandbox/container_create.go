@@ -134,14 +134,18 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err
 	}
+	// The guest may have made the container even if the call failed (out
+	// of time): removal is idempotent, so undo it either way.
+	defer func() {
+		if retErr != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), agentCallTimeout)
+			client.RemoveContainer(rctx, id)
+			cancel()
+		}
+	}()
 	if err := client.CreateContainer(ctx, id, agentImageID(imageID), user, spec); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			client.RemoveContainer(context.Background(), id)
-		}
-	}()
 	if err := failpoint.Hit("create-container:before-record"); err != nil {
 		return nil, err
 	}

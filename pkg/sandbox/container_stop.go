@@ -25,6 +25,15 @@ func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) e
 	if err != nil {
 		return err
 	}
+	// A start in flight finishes first: then the container is stopped.
+	c.op.Lock()
+	defer c.op.Unlock()
+	return c.stop(ctx, timeout)
+}
+
+// stop does StopContainer's work; the caller holds c.op.
+func (c *Container) stop(ctx context.Context, timeout int64) error {
+	id := c.rec.ID
 	c.mu.Lock()
 	running := c.rec.State == runtime.ContainerState_CONTAINER_RUNNING
 	proc, done := c.proc, c.done
@@ -81,7 +90,9 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := m.StopContainer(ctx, c.ID(), 0); err != nil {
+	c.op.Lock()
+	defer c.op.Unlock()
+	if err := c.stop(ctx, 0); err != nil {
 		return err
 	}
 	if client, err := c.pod.client(); err == nil {
@@ -102,6 +113,7 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 	if err := m.db.delete(containersBucket, c.rec.ID); err != nil {
 		return fmt.Errorf("delete container record: %w", err)
 	}
+	c.removed = true // no late write may bring the record back
 	if c.release != nil {
 		c.release()
 		c.release = nil

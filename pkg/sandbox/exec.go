@@ -69,7 +69,15 @@ func (m *Manager) startExec(ctx context.Context, id string, cmd []string, tty, s
 	// A guest that stopped answering must not hold the caller forever.
 	ctx, cancel := context.WithTimeout(ctx, execStartTimeout)
 	defer cancel()
-	return client.Exec(ctx, c.ID(), "exec-"+newID()[:24], &specs.Process{Args: cmd, Terminal: tty}, stdin, 0, 0)
+	execID := "exec-" + newID()[:24]
+	proc, err := client.Exec(ctx, c.ID(), execID, &specs.Process{Args: cmd, Terminal: tty}, stdin, 0, 0)
+	if err != nil {
+		// The guest may have started it all the same (a start that ran
+		// out of time): it must not run on unwatched.
+		endProcess(client.Process(execID))
+		return nil, err
+	}
+	return proc, nil
 }
 
 // Bounds on the agent calls around an exec: starting it (runc exec is

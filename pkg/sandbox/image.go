@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -31,7 +32,9 @@ func (p *Pod) ensureImage(ctx context.Context, imageID, disk string) error {
 	if err != nil {
 		return fmt.Errorf("attach image disk: %w", err)
 	}
-	if err := client.MountImage(ctx, agentImageID(imageID), uint32(addr.Target), uint32(addr.LUN)); err != nil {
+	mctx, cancel := context.WithTimeout(ctx, mountTimeout)
+	defer cancel()
+	if err := client.MountImage(mctx, agentImageID(imageID), uint32(addr.Target), uint32(addr.LUN)); err != nil {
 		return fmt.Errorf("mount image in VM: %w", err)
 	}
 	p.mu.Lock()
@@ -39,6 +42,10 @@ func (p *Pod) ensureImage(ctx context.Context, imageID, disk string) error {
 	p.rec.Images[imageID] = addr
 	return p.persist()
 }
+
+// mountTimeout bounds the guest's mount of an image disk, which the pod's
+// lifecycle lock is held across.
+const mountTimeout = 30 * time.Second
 
 // agentImageID names an image inside the VM ("sha256:..." without the colon).
 func agentImageID(id string) string { return strings.ReplaceAll(id, ":", "-") }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/klog/v2"
@@ -98,6 +99,9 @@ func guestNetwork(dev *vm.NetDevice, res *cni.Result) ([]*agentapi.Interface, []
 	}
 	return []*agentapi.Interface{ifc}, routes
 }
+
+// teardownTimeout bounds a network teardown no caller bounds (a rollback).
+const teardownTimeout = time.Minute
 
 // detachNetwork runs CNI DEL and deletes the namespace. It is idempotent:
 // the record keeps the namespace's name until both are done.

@@ -176,7 +176,10 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		} else {
 			src.release()
 		}
-		if err := m.detachNetwork(context.Background(), p); err != nil {
+		dctx, dcancel := context.WithTimeout(context.Background(), teardownTimeout)
+		err := m.detachNetwork(dctx, p)
+		dcancel()
+		if err != nil {
 			// The namespace and its IP lease are still there: keep the pod,
 			// not ready, so StopPodSandbox (kubelet's sandbox GC) retries
 			// the teardown, as containerd does.

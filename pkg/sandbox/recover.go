@@ -61,7 +61,7 @@ func (m *Manager) recover(ctx context.Context) error {
 				if err := m.db.quarantine(podsBucket, r.ID); err != nil {
 					klog.ErrorS(err, "quarantine pod record", "pod", r.ID)
 				}
-				sweepNetNS(r.ID) // its VM and files go in the sweep
+				m.sweepNetwork(ctx, r.ID) // its VM and files go in the sweep
 				return
 			}
 			restored[i] = p
@@ -215,7 +215,9 @@ func startedInGuest(ctx context.Context, p *agent.Process) bool {
 	if st, ok := status.FromError(err); ok && st.Code() == codes.NotFound {
 		return false
 	}
-	return ctx.Err() != nil // still running when the wait gave up
+	// Still running when the wait gave up, or unknown: the monitor finds
+	// out (and records the container lost if the agent is).
+	return true
 }
 
 // recoverPool removes warm VMs a previous daemon left. One that a pod had
@@ -302,12 +304,16 @@ func (m *Manager) sweepDir(dir string, keep func(name string) bool, remove func(
 	}
 }
 
-// sweepNetNS deletes the network namespace of a pod whose record was
-// quarantined: nothing else would.
-func sweepNetNS(podID string) {
-	if len(podID) >= 16 {
-		if err := cni.DeleteNetNS(netnsName(podID)); err != nil {
-			klog.ErrorS(err, "delete netns of a quarantined pod", "pod", podID)
-		}
+// sweepNetwork tears down the network of a pod whose record was
+// quarantined: CNI DEL by the pod's ID (which is what plugins key leases
+// and port mappings by), then its namespace.
+func (m *Manager) sweepNetwork(ctx context.Context, podID string) {
+	if m.cfg.Network == nil || len(podID) < 16 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, teardownTimeout)
+	defer cancel()
+	if err := m.cfg.Network.Detach(ctx, cni.Pod{ID: podID}, netnsName(podID)); err != nil {
+		klog.ErrorS(err, "tear down the network of a quarantined pod; its namespace stays", "pod", podID, "netns", netnsName(podID))
 	}
 }

@@ -19,6 +19,9 @@ type ContainerStats struct {
 	Pids                                    uint64
 }
 
+// statsTimeout bounds one container's stats call.
+const statsTimeout = 5 * time.Second
+
 // ContainerStats reads a container's usage from its cgroup in the VM.
 func (m *Manager) ContainerStats(ctx context.Context, id string) (*ContainerStats, error) {
 	c, err := m.Container(id)
@@ -29,6 +32,9 @@ func (m *Manager) ContainerStats(ctx context.Context, id string) (*ContainerStat
 	if err != nil {
 		return nil, err
 	}
+	// One VM that stopped answering must not stall the node's stats.
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
 	st, err := client.Stats(ctx, c.ID())
 	if err != nil {
 		return nil, err

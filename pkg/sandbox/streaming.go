@@ -35,6 +35,7 @@ const attachQueue = 256
 type attached struct {
 	ch   chan []byte
 	done chan struct{} // closed when the writer goroutine has returned
+	cut  chan struct{} // closed when the client fell too far behind
 }
 
 func (f *fanout) Write(p []byte) (int, error) {
@@ -45,6 +46,7 @@ func (f *fanout) Write(p []byte) (int, error) {
 		case a.ch <- bytes.Clone(p):
 		default:
 			close(a.ch) // too far behind: its stream ends here
+			close(a.cut)
 			delete(f.ws, id)
 		}
 	}
@@ -52,9 +54,9 @@ func (f *fanout) Write(p []byte) (int, error) {
 }
 
 // add attaches w; remove detaches it, waiting (a bounded time) until
-// nothing more is written to w.
-func (f *fanout) add(w io.Writer) (remove func()) {
-	a := &attached{ch: make(chan []byte, attachQueue), done: make(chan struct{})}
+// nothing more is written to w. cut is closed if w is cut off.
+func (f *fanout) add(w io.Writer) (remove func(), cut <-chan struct{}) {
+	a := &attached{ch: make(chan []byte, attachQueue), done: make(chan struct{}), cut: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		failed := false
@@ -84,7 +86,7 @@ func (f *fanout) add(w io.Writer) (remove func()) {
 		case <-a.done:
 		case <-time.After(5 * time.Second):
 		}
-	}
+	}, a.cut
 }
 
 func resizeLoop(ctx context.Context, p *agent.Process, resize <-chan remotecommandserver.TerminalSize) {
@@ -143,11 +145,17 @@ func (m *Manager) Attach(ctx context.Context, id string, in io.Reader, out, errw
 	if proc == nil {
 		return fmt.Errorf("container %s has no process: %w", id, ErrNotReady)
 	}
+	// A client cut off for falling behind is told so: its attach ends.
+	var outCut, errCut <-chan struct{}
 	if out != nil {
-		defer c.outs[agentapi.Stream_STDOUT].add(out)()
+		remove, cut := c.outs[agentapi.Stream_STDOUT].add(out)
+		defer remove()
+		outCut = cut
 	}
 	if errw != nil && !c.cfg.GetTty() {
-		defer c.outs[agentapi.Stream_STDERR].add(errw)()
+		remove, cut := c.outs[agentapi.Stream_STDERR].add(errw)
+		defer remove()
+		errCut = cut
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -160,6 +168,10 @@ func (m *Manager) Attach(ctx context.Context, id string, in io.Reader, out, errw
 	select {
 	case <-done:
 	case <-ctx.Done():
+	case <-outCut:
+		return fmt.Errorf("attach to %s: the client fell behind the container's output and was cut off", id)
+	case <-errCut:
+		return fmt.Errorf("attach to %s: the client fell behind the container's output and was cut off", id)
 	}
 	return nil
 }
