@@ -242,7 +242,9 @@ func removeWarmFiles(m *Manager, w *warmVM) {
 		removeShared(w.Config.SharedDir)
 	}
 	os.RemoveAll(w.Config.Dir)
-	m.db.delete(poolBucket, w.Config.ID)
+	if err := m.db.delete(poolBucket, w.Config.ID); err != nil {
+		klog.ErrorS(err, "delete warm VM record; the next start removes it again", "vm", w.Config.ID)
+	}
 }
 
 // close stops every warm VM: unlike pods', they are not worth keeping

@@ -78,7 +78,9 @@ func (m *Manager) recover(ctx context.Context) error {
 		p, ok := m.pods[r.PodID]
 		if !ok {
 			klog.InfoS("dropping container of a missing pod", "container", r.ID, "pod", r.PodID)
-			m.db.delete(containersBucket, r.ID)
+			if err := m.db.delete(containersBucket, r.ID); err != nil {
+				klog.ErrorS(err, "delete container record of a missing pod", "container", r.ID)
+			}
 			continue
 		}
 		c, err := m.restoreContainer(ctx, p, r)
@@ -230,7 +232,9 @@ func (m *Manager) recoverPool(ctx context.Context) error {
 	owned := m.ownedVMs()
 	for _, w := range left {
 		if owned[w.Config.ID] {
-			m.db.delete(poolBucket, w.Config.ID)
+			if err := m.db.delete(poolBucket, w.Config.ID); err != nil {
+				klog.ErrorS(err, "delete pool record of an adopted VM", "vm", w.Config.ID)
+			}
 			continue
 		}
 		if v, err := m.hv.Attach(ctx, w.Config); err == nil {
