@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/containerd/ttrpc"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
@@ -155,7 +158,33 @@ func wrap(name string, err error) error {
 	if connectionLost(err) {
 		return fmt.Errorf("agent %s: %w: %v", name, ErrUnavailable, err)
 	}
+	if st, ok := status.FromError(err); ok {
+		// The guest chose this code: it is kept for the host to read
+		// (GuestError.Code), never handed on as a gRPC status.
+		return &GuestError{Op: name, Code: st.Code(), Message: st.Message()}
+	}
 	return fmt.Errorf("agent %s: %w", name, err)
+}
+
+// GuestError is an error the guest agent answered with. Its code is the
+// guest's word, which the host may act on where a wrong one harms only the
+// guest's own pod, but never passes to its callers: it has no GRPCStatus.
+type GuestError struct {
+	Op      string
+	Code    codes.Code
+	Message string
+}
+
+func (e *GuestError) Error() string { return fmt.Sprintf("agent %s: %s", e.Op, e.Message) }
+
+// GuestCode returns the code of the guest's answer in err, or codes.OK if
+// err is not one.
+func GuestCode(err error) codes.Code {
+	var ge *GuestError
+	if errors.As(err, &ge) {
+		return ge.Code
+	}
+	return codes.OK
 }
 
 // Version returns the agent's version; it is the agent health check.

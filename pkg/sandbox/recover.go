@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/klog/v2"
@@ -214,7 +213,7 @@ func startedInGuest(ctx context.Context, p *agent.Process) bool {
 	if err == nil {
 		return true // exited already; the monitor records how
 	}
-	if st, ok := status.FromError(err); ok && st.Code() == codes.NotFound {
+	if agent.GuestCode(err) == codes.NotFound {
 		return false
 	}
 	// Still running when the wait gave up, or unknown: the monitor finds
