@@ -65,6 +65,9 @@ conf_dir = "/etc/cni/net.d"
 bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 TOML
 	fi
+	if ! PATH="$root/usr/bin:$root/usr/sbin:$root/bin:$root/sbin" command -v containerd >/dev/null 2>&1; then
+		echo "install.sh: warning: containerd not found on the node: host-namespace pods (kube-proxy, CNI agents) will fail until it runs (host_runtime in the config)" >&2
+	fi
 	for dep in qemu-system-x86_64 mkfs.erofs; do
 		if ! PATH="$root/usr/bin:$root/usr/sbin:$root/bin:$root/sbin" command -v $dep >/dev/null 2>&1; then
 			echo "install.sh: warning: $dep not found on the node" >&2

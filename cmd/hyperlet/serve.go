@@ -22,6 +22,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/cni"
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/cri"
+	"github.com/hyperlet/hyperlet/pkg/hostruntime"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/jail"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
@@ -227,7 +228,17 @@ func serve(o options) error {
 	}()
 	defer streamer.Stop()
 
-	svc := cri.New(cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state))
+	opts := []cri.Option{cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state)}
+	if hc := e.cfg.HostRuntime; hc.Enabled {
+		host, err := hostruntime.Dial(hc.Endpoint, hc.Handlers)
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		opts = append(opts, cri.WithHost(host))
+		klog.InfoS("host runtime for host-namespace pods", "endpoint", hc.Endpoint, "handlers", hc.Handlers)
+	}
+	svc := cri.New(opts...)
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary, cri.RecoverUnary), grpc.ChainStreamInterceptor(cri.RecoverStream))
 	svc.Register(g)
 

@@ -29,9 +29,22 @@ type Config struct {
 	CNI CNI `toml:"cni"`
 	// StreamAddress is where the streaming server (exec, attach,
 	// port-forward) listens; port 0 picks a free one.
-	StreamAddress string   `toml:"stream_address"`
-	Registry      Registry `toml:"registry"`
-	Jail          Jail     `toml:"jail"`
+	StreamAddress string      `toml:"stream_address"`
+	Registry      Registry    `toml:"registry"`
+	Jail          Jail        `toml:"jail"`
+	HostRuntime   HostRuntime `toml:"host_runtime"`
+}
+
+// HostRuntime runs the pods a VM cannot hold (host network, PID or IPC
+// namespaces) and pods of the host handlers as containers on the host, by
+// containerd's CRI (pkg/hostruntime).
+type HostRuntime struct {
+	// Enabled off refuses such pods (a strictly multi-tenant node).
+	Enabled bool `toml:"enabled"`
+	// Endpoint is containerd's CRI socket.
+	Endpoint string `toml:"endpoint"`
+	// Handlers are RuntimeClass handlers whose pods run on the host.
+	Handlers []string `toml:"handlers"`
 }
 
 // Jail confines each VM's QEMU (docs/security.md).
@@ -153,6 +166,8 @@ func Default() Config {
 	}, Jail: Jail{
 		UIDBase: 2_000_000_000, MaxVMs: 1024, CgroupParent: "hyperlet",
 		MemoryOverheadMiB: 256, Pids: 512, NoFile: 4096, ConsoleLimitBytes: 1 << 20,
+	}, HostRuntime: HostRuntime{
+		Enabled: true, Endpoint: "/run/containerd/containerd.sock", Handlers: []string{"runc"},
 	}}
 }
 
@@ -194,6 +209,9 @@ func (c Config) Validate() error {
 	}
 	if c.Jail.UIDBase < 65536 || c.Jail.MaxVMs < 1 || uint64(c.Jail.UIDBase)+uint64(c.Jail.MaxVMs)*65536 >= 1<<32-1 {
 		return fmt.Errorf("jail.uid_base %d and jail.max_vms %d: the id ranges must lie within 65536..2^32-2", c.Jail.UIDBase, c.Jail.MaxVMs)
+	}
+	if c.HostRuntime.Enabled && c.HostRuntime.Endpoint == "" {
+		return errors.New("host_runtime.endpoint must be set when host_runtime.enabled is on")
 	}
 	if c.Jail.ConsoleLimitBytes < 4096 {
 		return fmt.Errorf("jail.console_limit_bytes: %d is below 4096", c.Jail.ConsoleLimitBytes)

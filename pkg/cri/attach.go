@@ -12,6 +12,9 @@ func (s *Service) Attach(ctx context.Context, r *runtimeapi.AttachRequest) (*run
 	if !r.Stdout && !r.Stderr && !r.Stdin {
 		return nil, fmt.Errorf("%w: one of stdin, stdout and stderr is required", errInvalid)
 	}
+	if s.hostContainer(r.ContainerId) {
+		return s.host.Attach(ctx, r) // containerd's own streaming URL
+	}
 	if err := s.requireRunning(r.ContainerId); err != nil {
 		return nil, err
 	}

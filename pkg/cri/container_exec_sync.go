@@ -9,6 +9,9 @@ import (
 
 // ExecSync runs a command in a container and returns its output.
 func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
+	if s.hostContainer(r.ContainerId) {
+		return s.host.ExecSync(ctx, r)
+	}
 	res, err := s.procs.ExecSync(ctx, r.ContainerId, r.Cmd, time.Duration(r.Timeout)*time.Second)
 	if err != nil {
 		return nil, err

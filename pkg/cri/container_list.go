@@ -32,5 +32,8 @@ func (s *Service) ListContainers(ctx context.Context, r *runtimeapi.ListContaine
 			Labels: st.Labels, Annotations: st.Annotations,
 		})
 	}
+	if h, ok := hostList(s, "containers", func(h Host) (*runtimeapi.ListContainersResponse, error) { return h.ListContainers(ctx, r) }); ok {
+		resp.Containers = append(resp.Containers, h.Containers...)
+	}
 	return resp, nil
 }

@@ -9,6 +9,9 @@ import (
 // RemoveContainer removes a container, killing it if it runs; a missing
 // container is no error.
 func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
+	if s.hostContainer(r.ContainerId) {
+		return s.host.RemoveContainer(ctx, r)
+	}
 	if err := s.ctrs.RemoveContainer(ctx, r.ContainerId); err != nil {
 		return nil, err
 	}

@@ -8,6 +8,9 @@ import (
 
 // StartContainer starts a created container.
 func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	if s.hostContainer(r.ContainerId) {
+		return s.host.StartContainer(ctx, r)
+	}
 	if err := s.ctrs.StartContainer(ctx, r.ContainerId); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,9 @@ import (
 // ContainerStats reports a container's CPU, memory and writable layer use,
 // read from its cgroup in the VM.
 func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
+	if s.hostContainer(r.ContainerId) {
+		return s.host.ContainerStats(ctx, r)
+	}
 	c, err := s.ctrs.Container(r.ContainerId)
 	if err != nil {
 		return nil, err
@@ -33,6 +36,9 @@ func (s *Service) ListContainerStats(ctx context.Context, r *runtimeapi.ListCont
 			continue
 		}
 		resp.Stats = append(resp.Stats, s.containerStats(ctx, c))
+	}
+	if h, ok := hostList(s, "container stats", func(h Host) (*runtimeapi.ListContainerStatsResponse, error) { return h.ListContainerStats(ctx, r) }); ok {
+		resp.Stats = append(resp.Stats, h.Stats...)
 	}
 	return resp, nil
 }

@@ -11,6 +11,9 @@ import (
 
 // ContainerStatus reports a container's state, exit and image.
 func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	if s.hostContainer(r.ContainerId) {
+		return s.host.ContainerStatus(ctx, r)
+	}
 	c, err := s.ctrs.Container(r.ContainerId)
 	if err != nil {
 		return nil, err

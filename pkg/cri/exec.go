@@ -15,6 +15,9 @@ func (s *Service) Exec(ctx context.Context, r *runtimeapi.ExecRequest) (*runtime
 	if !r.Stdout && !r.Stderr && !r.Stdin {
 		return nil, fmt.Errorf("%w: one of stdin, stdout and stderr is required", errInvalid)
 	}
+	if s.hostContainer(r.ContainerId) {
+		return s.host.Exec(ctx, r) // containerd's own streaming URL
+	}
 	if err := s.requireRunning(r.ContainerId); err != nil {
 		return nil, err
 	}

@@ -22,5 +22,9 @@ func (s *Service) PullImage(ctx context.Context, r *runtimeapi.PullImageRequest)
 	if err != nil {
 		return nil, err
 	}
+	if s.host != nil {
+		// Kept for a host pod's container, which containerd pulls itself.
+		s.host.Remember(append([]string{r.Image.Image}, append(img.RepoDigests, img.RepoTags...)...), r.GetAuth())
+	}
 	return &runtimeapi.PullImageResponse{ImageRef: img.ID.String()}, nil
 }

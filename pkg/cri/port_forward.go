@@ -10,6 +10,9 @@ import (
 // PortForward returns the streaming URL that forwards to ports on the pod's
 // localhost; connections are made inside the pod VM.
 func (s *Service) PortForward(ctx context.Context, r *runtimeapi.PortForwardRequest) (*runtimeapi.PortForwardResponse, error) {
+	if s.hostPod(r.PodSandboxId) {
+		return s.host.PortForward(ctx, r) // containerd's own streaming URL
+	}
 	if s.streamer == nil {
 		return nil, fmt.Errorf("streaming server: %w", errUnavailable)
 	}

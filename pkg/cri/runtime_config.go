@@ -4,6 +4,7 @@ import (
 	"context"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
 )
 
 // RuntimeConfig tells kubelet the cgroup driver to match. hyperlet puts each
@@ -16,6 +17,13 @@ func (s *Service) RuntimeConfig(ctx context.Context, _ *runtimeapi.RuntimeConfig
 
 // UpdateRuntimeConfig accepts kubelet's pod CIDR; pod addresses come from
 // the CNI configuration, so there is nothing to change.
-func (s *Service) UpdateRuntimeConfig(ctx context.Context, _ *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
+func (s *Service) UpdateRuntimeConfig(ctx context.Context, r *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
+	if s.host != nil {
+		// The pod CIDR matters to the host runtime's CNI; ours is the CNI
+		// configuration's.
+		if _, err := s.host.UpdateRuntimeConfig(ctx, r); err != nil {
+			klog.ErrorS(err, "host runtime: update runtime config")
+		}
+	}
 	return &runtimeapi.UpdateRuntimeConfigResponse{}, nil
 }

@@ -27,5 +27,8 @@ func (s *Service) ListPodSandbox(ctx context.Context, r *runtimeapi.ListPodSandb
 			Labels: st.Labels, Annotations: st.Annotations, RuntimeHandler: st.RuntimeHandler,
 		})
 	}
+	if h, ok := hostList(s, "pods", func(h Host) (*runtimeapi.ListPodSandboxResponse, error) { return h.ListPodSandbox(ctx, r) }); ok {
+		resp.Items = append(resp.Items, h.Items...)
+	}
 	return resp, nil
 }

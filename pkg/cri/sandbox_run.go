@@ -12,6 +12,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if r.GetConfig() == nil {
 		return nil, fmt.Errorf("%w: pod config is required", errInvalid)
 	}
+	if s.host != nil && s.host.Wants(r.Config, r.RuntimeHandler) {
+		return s.host.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: r.Config, RuntimeHandler: s.host.Handler(r.RuntimeHandler)})
+	}
 	p, err := s.pods.RunPod(ctx, r.Config, r.RuntimeHandler)
 	if err != nil {
 		return nil, err

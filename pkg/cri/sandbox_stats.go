@@ -11,6 +11,9 @@ import (
 
 // PodSandboxStats sums the pod's container stats.
 func (s *Service) PodSandboxStats(ctx context.Context, r *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
+	if s.hostPod(r.PodSandboxId) {
+		return s.host.PodSandboxStats(ctx, r)
+	}
 	p, err := s.pods.Pod(r.PodSandboxId)
 	if err != nil {
 		return nil, err
@@ -30,6 +33,9 @@ func (s *Service) ListPodSandboxStats(ctx context.Context, r *runtimeapi.ListPod
 			continue
 		}
 		resp.Stats = append(resp.Stats, s.podStats(ctx, p))
+	}
+	if h, ok := hostList(s, "pod stats", func(h Host) (*runtimeapi.ListPodSandboxStatsResponse, error) { return h.ListPodSandboxStats(ctx, r) }); ok {
+		resp.Stats = append(resp.Stats, h.Stats...)
 	}
 	return resp, nil
 }

@@ -11,6 +11,9 @@ import (
 
 // PodSandboxStatus reports a pod's state.
 func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	if s.hostPod(r.PodSandboxId) {
+		return s.host.PodSandboxStatus(ctx, r)
+	}
 	p, err := s.pods.Pod(r.PodSandboxId)
 	if err != nil {
 		return nil, err

@@ -32,6 +32,7 @@ type Service struct {
 	stats    Stats
 	events   Events
 	vms      VMs
+	host     Host // nil: no host runtime
 	network  func() error
 	streamer Streamer
 	layerFS  string // host mountpoint reported for writable layers

@@ -30,6 +30,13 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 	}
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
+		// The default handler runs pods in VMs; host handlers on the host.
+		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{Name: "", Features: &runtimeapi.RuntimeHandlerFeatures{}}},
+	}
+	if s.host != nil {
+		for _, h := range s.host.Handlers() {
+			resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h, Features: &runtimeapi.RuntimeHandlerFeatures{}})
+		}
 	}
 	if r.GetVerbose() {
 		daemon, _ := json.Marshal(map[string]int{"goroutines": goruntime.NumGoroutine()})

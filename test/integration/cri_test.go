@@ -104,16 +104,24 @@ func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 			vmConf = append(vmConf, def)
 		}
 	}
-	// "jail.key = value" lines go to the [jail] section.
-	var jailConf []string
+	// "jail.key = value" and "host_runtime.key = value" lines go to their
+	// sections; without a host runtime endpoint, it is off.
+	var jailConf, hostConf []string
 	vmConf = slices.DeleteFunc(vmConf, func(l string) bool {
 		if k, ok := strings.CutPrefix(l, "jail."); ok {
 			jailConf = append(jailConf, k)
 			return true
 		}
+		if k, ok := strings.CutPrefix(l, "host_runtime."); ok {
+			hostConf = append(hostConf, k)
+			return true
+		}
 		return false
 	})
-	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[jail]\n"+strings.Join(jailConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+	if len(hostConf) == 0 {
+		hostConf = []string{"enabled = false"}
+	}
+	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[jail]\n"+strings.Join(jailConf, "\n")+"\n\n[host_runtime]\n"+strings.Join(hostConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
 		kernel(), prodInitrd(), accel, cniDir, reg.Host)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
