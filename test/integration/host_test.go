@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,7 +98,7 @@ state = %[2]q
 		c.stop()
 		// Its containers' shims outlive it: end them and what they run.
 		exec.Command("sh", "-c", "pkill -9 -f -- '-address "+c.socket+"'").Run()
-		exec.Command("umount", "-R", filepath.Join(dir, "state")).Run()
+		unmountUnder(filepath.Join(dir, "state"))
 		if t.Failed() {
 			t.Logf("containerd log:\n%s", c.log)
 		}
@@ -129,6 +130,7 @@ func hasCapSysResource() bool {
 func hostNetworkPod(name string) *runtimeapi.PodSandboxConfig {
 	cfg := podConfig(name)
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}
+	cfg.Hostname = "" // the node's, as kubelet sends it for hostNetwork pods
 	return cfg
 }
 
@@ -214,6 +216,10 @@ func TestCRIHostRuntime(t *testing.T) {
 	}
 
 	cd = startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
+	waitFor(t, ctx, "the host pod to be listed again", func() bool {
+		pods, err := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+		return err == nil && len(pods.Items) == 2
+	})
 	for _, p := range []string{hostPod, vmPod} {
 		if _, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p}); err != nil {
 			t.Fatalf("StopPodSandbox %s: %v", p, err)
@@ -242,4 +248,19 @@ func sleeperImage(t *testing.T) v1.Image {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	var mounts []string
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			mounts = append(mounts, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, m := range mounts {
+		syscall.Unmount(m, syscall.MNT_DETACH)
+	}
 }
