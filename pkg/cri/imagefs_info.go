@@ -17,13 +17,8 @@ func (s *Service) ImageFsInfo(ctx context.Context, _ *runtimeapi.ImageFsInfoRequ
 		UsedBytes:  &runtimeapi.UInt64Value{Value: u.Bytes},
 		InodesUsed: &runtimeapi.UInt64Value{Value: u.Inodes},
 	}
-	resp := &runtimeapi.ImageFsInfoResponse{ImageFilesystems: []*runtimeapi.FilesystemUsage{fs}}
-	// Images pulled into containerd for host pods count too.
-	if h, ok := hostList(s, "image filesystems", func(h Host) (*runtimeapi.ImageFsInfoResponse, error) {
-		return h.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
-	}); ok {
-		resp.ImageFilesystems = append(resp.ImageFilesystems, h.ImageFilesystems...)
-		resp.ContainerFilesystems = append(resp.ContainerFilesystems, h.ContainerFilesystems...)
-	}
-	return resp, nil
+	// Only hyperlet's: kubelet reads the first image filesystem, and any
+	// container filesystem would tell it the image store is split.
+	// containerd's copies of host pods' images are containerd's to count.
+	return &runtimeapi.ImageFsInfoResponse{ImageFilesystems: []*runtimeapi.FilesystemUsage{fs}}, nil
 }
