@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,6 +123,34 @@ func TestCRIStreaming(t *testing.T) {
 			t.Errorf("64 MiB exec: %v, %d bytes", err, n.n)
 		}
 	})
+	t.Run("client gone", func(t *testing.T) {
+		// An exec whose client goes away takes its process along.
+		sctx, cancel := context.WithCancel(ctx)
+		started := &signalWriter{match: "started", seen: make(chan struct{})}
+		done := make(chan error, 1)
+		go func() {
+			done <- executor(t, execURL([]string{"sh", "-c", "echo started; exec sleep 1234"}, false, false), false).
+				StreamWithContext(sctx, remotecommand.StreamOptions{Stdout: started, Stderr: io.Discard})
+		}()
+		select {
+		case <-started.seen:
+		case <-time.After(time.Minute):
+			t.Fatal("the exec did not start")
+		}
+		cancel()
+		<-done
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r, err := d.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: srv, Cmd: []string{"sh", "-c", "ps | grep -c '[s]leep 1234' || true"}, Timeout: 30})
+			if err == nil && strings.TrimSpace(string(r.Stdout)) == "0" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the exec'd process still runs after its client went away: %v %q", err, r.GetStdout())
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
 	t.Run("closed stdin", func(t *testing.T) {
 		var out bytes.Buffer
 		err := executor(t, execURL([]string{"sh", "-c", "cat; echo done"}, true, false), false).
@@ -202,4 +232,23 @@ type countWriter struct {
 func (c *countWriter) Write(p []byte) (int, error) {
 	c.n += len(p)
 	return c.w.Write(p)
+}
+
+// signalWriter closes seen once match has been written to it.
+type signalWriter struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	match string
+	seen  chan struct{}
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	already := strings.Contains(w.buf.String(), w.match)
+	w.buf.Write(p)
+	if !already && strings.Contains(w.buf.String(), w.match) {
+		close(w.seen)
+	}
+	return len(p), nil
 }
