@@ -120,7 +120,16 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reade
 	if tty && resize != nil {
 		go resizeLoop(ctx, proc, resize)
 	}
-	copied := copyOutputs(ctx, proc, out, errw, tty)
+	// The streaming server does not cancel ctx when a hijacked client
+	// connection closes: a failed write to the client says it is gone.
+	var stdout, stderr io.Writer
+	if out != nil {
+		stdout = &goneWriter{w: out, gone: cancel}
+	}
+	if errw != nil {
+		stderr = &goneWriter{w: errw, gone: cancel}
+	}
+	copied := copyOutputs(ctx, proc, stdout, stderr, tty)
 	st, err := proc.Wait(ctx)
 	if err != nil {
 		return err
@@ -130,6 +139,20 @@ func (m *Manager) Exec(ctx context.Context, id string, cmd []string, in io.Reade
 		return utilexec.CodeExitError{Err: fmt.Errorf("command %q exited with %d", cmd, st.ExitCode), Code: int(st.ExitCode)}
 	}
 	return nil
+}
+
+// goneWriter calls gone when a write to the client fails.
+type goneWriter struct {
+	w    io.Writer
+	gone func()
+}
+
+func (g *goneWriter) Write(p []byte) (int, error) {
+	n, err := g.w.Write(p)
+	if err != nil {
+		g.gone()
+	}
+	return n, err
 }
 
 // Attach connects the client to a running container's stdio until the
