@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hyperlet/hyperlet/internal/testcontainerd"
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
@@ -244,52 +245,14 @@ func startContainerd(ctx context.Context, work, cniDir, registry string) (*endpo
 	if err != nil {
 		return nil, fmt.Errorf("containerd (Debian package containerd): %w", err)
 	}
-	runc, err := exec.LookPath("runc")
+	conf := testcontainerd.Config{Dir: dir, SandboxImage: pauseImage, CNIConfDir: cniDir, Mirrors: map[string]string{"docker.io": registry}}
+	confPath, err := conf.Write()
 	if err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, "containerd.sock")
-	cri := `plugins."io.containerd.grpc.v1.cri"`
-	conf := fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = %[4]q
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-[%[6]s]
-  sandbox_image = %[7]q
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = %[8]t
-  enable_selinux = false
-  [%[6]s.containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [%[6]s.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [%[6]s.containerd.runtimes.runc.options]
-        BinaryName = %[9]q
-        Root = %[10]q
-        SystemdCgroup = false
-  [%[6]s.cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = %[11]q
-    max_conf_num = 1
-  [%[6]s.registry.mirrors."docker.io"]
-    endpoint = ["http://%[12]s"]
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"),
-		cri, pauseImage, !hasCapability(24), runc, filepath.Join(dir, "runc"), cniDir, registry)
-	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
+	sock := conf.Socket()
 	e := &endpoint{name: "containerd+runc", socket: sock}
-	if err := startDaemon(e, dir, bin, "--config", filepath.Join(dir, "config.toml")); err != nil {
+	if err := startDaemon(e, dir, bin, "--config", confPath); err != nil {
 		return nil, err
 	}
 	e.podPIDs = func(ctx context.Context, id string) ([]int, error) {
@@ -311,23 +274,6 @@ state = %[2]q
 		return nil, err
 	}
 	return e, nil
-}
-
-// hasCapability reports whether capability bit n is in this process's
-// bounding set (CAP_SYS_RESOURCE, 24, is missing on some hosts, and runc
-// then cannot lower oom_score_adj unless containerd restricts it).
-func hasCapability(n uint) bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
-			x, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && x&(1<<n) != 0
-		}
-	}
-	return false
 }
 
 // processesMatching lists processes whose command line contains s.

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/hyperlet/hyperlet/internal/testcontainerd"
 	"github.com/hyperlet/hyperlet/pkg/imageservice/imagetest"
 )
 
@@ -39,46 +39,14 @@ func startContainerd(t *testing.T, dir, registry, cniDir string) *hostContainerd
 	if err != nil {
 		t.Fatalf("the host runtime tests need Debian's containerd (hack/install-deps.sh): %v", err)
 	}
-	runc, err := exec.LookPath("runc")
+	conf := testcontainerd.Config{Dir: dir, SandboxImage: "registry.k8s.io/hyperlet-test/pause:1", CNIConfDir: cniDir,
+		Mirrors: map[string]string{"registry.k8s.io": registry}}
+	confPath, err := conf.Write()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &hostContainerd{dir: dir, socket: filepath.Join(dir, "containerd.sock"), log: &lockedBuffer{}}
-	cri := `plugins."io.containerd.grpc.v1.cri"`
-	conf := fmt.Sprintf(`version = 2
-root = %[1]q
-state = %[2]q
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = %[4]q
-[plugins."io.containerd.internal.v1.opt"]
-  path = %[5]q
-[%[6]s]
-  sandbox_image = "registry.k8s.io/hyperlet-test/pause:1"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = %[7]t
-  [%[6]s.containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [%[6]s.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [%[6]s.containerd.runtimes.runc.options]
-        BinaryName = %[8]q
-        Root = %[9]q
-  [%[6]s.cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = %[10]q
-  [%[6]s.registry.mirrors."registry.k8s.io"]
-    endpoint = ["http://%[11]s"]
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.socket, c.socket+".ttrpc", filepath.Join(dir, "opt"),
-		cri, !hasCapSysResource(), runc, filepath.Join(dir, "runc"), cniDir, registry)
-	if err := os.WriteFile(filepath.Join(dir, "containerd.toml"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c.cmd = exec.Command(bin, "--config", filepath.Join(dir, "containerd.toml"))
+	c := &hostContainerd{dir: dir, socket: conf.Socket(), log: &lockedBuffer{}}
+	c.cmd = exec.Command(bin, "--config", confPath)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -112,19 +80,6 @@ func (c *hostContainerd) stop() {
 		c.cmd.Wait()
 		c.cmd = nil
 	}
-}
-
-// hasCapSysResource: without it runc cannot lower oom_score_adj unless
-// containerd restricts it.
-func hasCapSysResource() bool {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
-			x, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && x&(1<<24) != 0
-		}
-	}
-	return false
 }
 
 func hostNetworkPod(name string) *runtimeapi.PodSandboxConfig {
