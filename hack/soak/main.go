@@ -421,12 +421,13 @@ func (s *soak) run(duration time.Duration, clients, burst int) (string, error) {
 			}
 		}()
 	}
-	// Kill it mid-burst: once a few pods are up, or after 5 s.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	// Kill it mid-burst: once a quarter of the starts have returned (the
+	// rest are in flight), or after a minute.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		mu.Lock()
 		n := len(started)
 		mu.Unlock()
-		if n >= 3 {
+		if n >= burst/4 {
 			break
 		}
 	}
