@@ -10,7 +10,7 @@ import (
 // container is no error.
 func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
 	if s.hostContainer(r.ContainerId) {
-		return s.host.RemoveContainer(ctx, r)
+		return idempotent(s.host.RemoveContainer(ctx, r))
 	}
 	if err := s.ctrs.RemoveContainer(ctx, r.ContainerId); err != nil {
 		return nil, err

@@ -10,7 +10,7 @@ import (
 // Stopping a stopped or missing container succeeds.
 func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
 	if s.hostContainer(r.ContainerId) {
-		return s.host.StopContainer(ctx, r)
+		return idempotent(s.host.StopContainer(ctx, r))
 	}
 	if err := s.ctrs.StopContainer(ctx, r.ContainerId, r.Timeout); err != nil {
 		return nil, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/klog/v2"
 
@@ -63,4 +65,13 @@ func hostList[T any](s *Service, what string, fn func(Host) (T, error)) (T, bool
 		return zero, false
 	}
 	return v, true
+}
+
+// idempotent makes a stop or removal of an ID neither runtime knows
+// succeed, as the CRI wants: the host runtime's NotFound is that case.
+func idempotent[T any](resp *T, err error) (*T, error) {
+	if status.Code(err) == codes.NotFound {
+		return new(T), nil
+	}
+	return resp, err
 }

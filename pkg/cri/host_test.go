@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/hyperlet/hyperlet/pkg/hostruntime"
@@ -47,6 +49,10 @@ func (h *fakeHost) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbo
 func (h *fakeHost) StopPodSandbox(ctx context.Context, r *runtimeapi.StopPodSandboxRequest, _ ...grpc.CallOption) (*runtimeapi.StopPodSandboxResponse, error) {
 	h.stopped = append(h.stopped, r.PodSandboxId)
 	return &runtimeapi.StopPodSandboxResponse{}, nil
+}
+
+func (h *fakeHost) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodSandboxRequest, _ ...grpc.CallOption) (*runtimeapi.RemovePodSandboxResponse, error) {
+	return nil, status.Errorf(codes.NotFound, "sandbox %q not found", r.PodSandboxId)
 }
 
 func (h *fakeHost) ListPodSandbox(ctx context.Context, r *runtimeapi.ListPodSandboxRequest, _ ...grpc.CallOption) (*runtimeapi.ListPodSandboxResponse, error) {
@@ -95,6 +101,10 @@ func TestHostRouting(t *testing.T) {
 	// IDs the VM runtime does not know are the host's.
 	if _, err := s.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: "host-a"}); err != nil || len(host.stopped) != 1 {
 		t.Errorf("stop of a host pod: %v, host got %v", err, host.stopped)
+	}
+	// Removing an ID neither runtime knows succeeds.
+	if _, err := s.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "nope"}); err != nil {
+		t.Errorf("removal of an unknown pod: %v", err)
 	}
 	// Lists merge; a host runtime that does not answer leaves the VM pods.
 	if l, err := s.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err != nil || len(l.Items) != 1 {

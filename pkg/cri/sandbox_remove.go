@@ -9,7 +9,7 @@ import (
 // RemovePodSandbox removes the pod and its containers; a missing pod is no error.
 func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
 	if s.hostPod(r.PodSandboxId) {
-		return s.host.RemovePodSandbox(ctx, r)
+		return idempotent(s.host.RemovePodSandbox(ctx, r))
 	}
 	if err := s.pods.RemovePod(ctx, r.PodSandboxId); err != nil {
 		return nil, err

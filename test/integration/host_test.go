@@ -116,6 +116,21 @@ func TestCRIHostRuntime(t *testing.T) {
 		t.Errorf("runtime handlers %q, want the VM default and runc", handlers)
 	}
 
+	// Stops and removals of IDs neither runtime knows succeed (critest's
+	// idempotence specs).
+	if _, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: "nope"}); err != nil {
+		t.Errorf("StopPodSandbox of an unknown pod: %v", err)
+	}
+	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "nope"}); err != nil {
+		t.Errorf("RemovePodSandbox of an unknown pod: %v", err)
+	}
+	if _, err := d.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: "nope"}); err != nil {
+		t.Errorf("StopContainer of an unknown container: %v", err)
+	}
+	if _, err := d.rs.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: "nope"}); err != nil {
+		t.Errorf("RemoveContainer of an unknown container: %v", err)
+	}
+
 	vmPod := d.runPod(ctx, podConfig("vm"))
 	vmCtr := d.createStart(ctx, vmPod, podConfig("vm"), ctrConfig("c", "sleep", "3600"))
 	hostPod := d.runPod(ctx, hostNetworkPod("host"))
