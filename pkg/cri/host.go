@@ -61,8 +61,15 @@ func hostList[T any](s *Service, what string, fn func(Host) (T, error)) (T, bool
 	}
 	v, err := fn(s.host)
 	if err != nil {
-		klog.ErrorS(err, "host runtime: list; only VM pods are listed", "what", what)
+		// kubelet lists every second: say so when it stops answering,
+		// not at every list.
+		if !s.hostDown.Swap(true) {
+			klog.ErrorS(err, "host runtime: list; only VM pods are listed until it answers", "what", what)
+		}
 		return zero, false
+	}
+	if s.hostDown.Swap(false) {
+		klog.InfoS("host runtime answers again", "what", what)
 	}
 	return v, true
 }

@@ -6,6 +6,7 @@ package cri
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -32,7 +33,8 @@ type Service struct {
 	stats    Stats
 	events   Events
 	vms      VMs
-	host     Host // nil: no host runtime
+	host     Host        // nil: no host runtime
+	hostDown atomic.Bool // the host runtime's last list failed
 	network  func() error
 	streamer Streamer
 	layerFS  string // host mountpoint reported for writable layers

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -145,4 +146,19 @@ func (m *Manager) lockContainer(id string) (*Container, *agent.Client, error) {
 	}
 	c.op.Lock()
 	return c, client, nil
+}
+
+// lockExisting returns a container with its lifecycle lock held (the
+// caller unlocks c.op), or nil and no error if there is none: stopping and
+// removing a missing container succeed.
+func (m *Manager) lockExisting(id string) (*Container, error) {
+	c, err := m.Container(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.op.Lock()
+	return c, nil
 }

@@ -40,7 +40,10 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	// guest, on restart, whether the container runs.
 	c.mu.Lock()
 	c.rec.Intent = IntentStart
-	err = c.persistLocked()
+	if err = c.persistLocked(); err != nil {
+		c.rec.Intent = ""
+		err = fmt.Errorf("persist container: %w", err)
+	}
 	c.mu.Unlock()
 	if err == nil {
 		err = failpoint.Hit("start-container:before-guest")
@@ -49,7 +52,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		if log != nil {
 			log.Close()
 		}
-		return fmt.Errorf("persist container: %w", err)
+		return err
 	}
 	proc, err := client.StartContainer(ctx, c.rec.ID, c.cfg.GetStdin())
 	if err == nil {

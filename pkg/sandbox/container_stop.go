@@ -18,15 +18,11 @@ import (
 // timeout seconds) and waits for it to exit. Stopping a container that is
 // not running, or missing, succeeds.
 func (m *Manager) StopContainer(ctx context.Context, id string, timeout int64) error {
-	c, err := m.Container(id)
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
-	if err != nil {
+	// A start in flight finishes first: then the container is stopped.
+	c, err := m.lockExisting(id)
+	if c == nil {
 		return err
 	}
-	// A start in flight finishes first: then the container is stopped.
-	c.op.Lock()
 	defer c.op.Unlock()
 	return c.stop(ctx, timeout)
 }
@@ -83,14 +79,10 @@ func (c *Container) stop(ctx context.Context, timeout int64) error {
 // RemoveContainer removes a container, stopping it first. Removing a
 // missing container succeeds.
 func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
-	c, err := m.Container(id)
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
-	if err != nil {
+	c, err := m.lockExisting(id)
+	if c == nil {
 		return err
 	}
-	c.op.Lock()
 	defer c.op.Unlock()
 	if err := c.stop(ctx, 0); err != nil {
 		return err

@@ -85,7 +85,9 @@ func (m *Manager) recover(ctx context.Context) error {
 		c, err := m.restoreContainer(ctx, p, r)
 		if err != nil {
 			klog.ErrorS(err, "quarantining a container record that cannot be restored", "container", r.ID)
-			m.db.quarantine(containersBucket, r.ID)
+			if err := m.db.quarantine(containersBucket, r.ID); err != nil {
+				klog.ErrorS(err, "quarantine container record", "container", r.ID)
+			}
 			continue
 		}
 		if c == nil {

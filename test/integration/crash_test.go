@@ -168,8 +168,7 @@ func (d *criDaemon) crashAt(name string, op func() error) {
 // record may be left.
 func TestCRICrashAtEveryStep(t *testing.T) {
 	d := startCRI(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 20*time.Minute)
 	d.pull(ctx)
 	// The base template is built once, before the crashes: a daemon killed
 	// during a build loses it (the next one sweeps the builder), and the

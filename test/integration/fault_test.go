@@ -54,8 +54,7 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 // both are removable without leaving anything.
 func TestCRIVMKilledUnderContainer(t *testing.T) {
 	d := startCRI(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 5*time.Minute)
 	d.pull(ctx)
 	before := d.hostState(t)
 	pod := d.runPod(ctx, podConfig("vmkill"))
@@ -81,8 +80,7 @@ func TestCRIVMKilledUnderContainer(t *testing.T) {
 // and the next StopPodSandbox finishes it.
 func TestCRINetworkFailures(t *testing.T) {
 	d := startCRI(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 5*time.Minute)
 	before := d.hostState(t)
 	conf := filepath.Join(d.dir, "cni", "10-hyperlet-test.conflist")
 	good, err := os.ReadFile(conf)
@@ -167,8 +165,7 @@ func TestCRINetworkFailures(t *testing.T) {
 // it.
 func TestCRIStoppedVM(t *testing.T) {
 	d := startCRI(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 5*time.Minute)
 	d.pull(ctx)
 	before := d.hostState(t)
 	pod := d.runPod(ctx, podConfig("stopped"))
@@ -221,8 +218,7 @@ func TestCRIStoppedVM(t *testing.T) {
 // runs a container from it, while the first container keeps running.
 func TestCRIImageAfterRestart(t *testing.T) {
 	d := startCRI(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 5*time.Minute)
 	second, err := mutate.AppendLayers(imagetest.BusyboxImage(t), imagetest.Layer(t, map[string]string{"second": "from the second image\n"}))
 	if err != nil {
 		t.Fatal(err)

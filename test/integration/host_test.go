@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -98,8 +97,7 @@ func TestCRIHostRuntime(t *testing.T) {
 	cdir := runDir(t)
 	sock := filepath.Join(cdir, "containerd.sock")
 	d := startCRI(t, "host_runtime.enabled = true", fmt.Sprintf("host_runtime.endpoint = %q", sock))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	ctx := testCtx(t, 10*time.Minute)
 	d.reg.Push(t, "hyperlet-test/pause:1", sleeperImage(t))
 	cd := startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
 	d.pull(ctx)
