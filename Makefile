@@ -12,7 +12,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest installer-image kubelet test test-unit fuzz bench-vm bench bench-density soak demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kube test test-unit fuzz bench-vm bench bench-density soak demo generate clean
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,10 +39,12 @@ guest: kernel initrd ## build everything that goes into a pod VM
 installer-image: build guest ## build the node installer image archive (_output/hyperlet-installer.tar), no Docker needed
 	$(GO) run ./hack/installer-image -o $(OUT)/hyperlet-installer.tar -bin $(OUT)
 
-kubelet: ## build kubelet from the k8s.io/kubernetes module for the end-to-end test (cached per machine)
-	hack/kubelet.sh
+KUBE_BINARIES = kubelet kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd
 
-test: deps guest kubelet ## run the whole test suite under the race detector, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest), then the fuzz targets briefly
+kube: ## build kubelet, the control plane, kubectl and etcd from their Go modules for the end-to-end tests (cached per machine)
+	hack/kube.sh $(KUBE_BINARIES)
+
+test: deps guest kube ## run the whole test suite under the race detector, VM tests and the kubelet end-to-end test included (under TCG where KVM cannot boot the guest), then the fuzz targets briefly
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 45m ./...
 	$(MAKE) fuzz

@@ -4,9 +4,11 @@ package deploy
 import (
 	"bytes"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -160,5 +162,84 @@ func TestInstallerImage(t *testing.T) {
 		if !tr[want] {
 			t.Errorf("image lacks %s", want)
 		}
+	}
+}
+
+// TestInstallHostRuntime: the node's containerd is reused when it serves
+// its socket; a node with only the containerd binary gets
+// hyperlet-containerd.service and a config naming its socket; a node with
+// none is warned about. Uninstall removes what install added.
+func TestInstallHostRuntime(t *testing.T) {
+	payload := t.TempDir()
+	for _, f := range []string{"bin/hyperlet", "bin/hyperctl", "share/vmlinux", "share/initrd.img"} {
+		os.MkdirAll(filepath.Join(payload, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(payload, f), []byte(f), 0o644)
+	}
+	for _, tc := range []struct {
+		name      string
+		setup     func(t *testing.T, root string)
+		endpoint  string
+		ownUnit   bool
+		wantInOut string
+	}{
+		{"no containerd", func(*testing.T, string) {}, "/run/containerd/containerd.sock", false, "no containerd on the node"},
+		{"the node's containerd", func(t *testing.T, root string) {
+			os.MkdirAll(filepath.Join(root, "run/containerd"), 0o755)
+			l, err := net.Listen("unix", filepath.Join(root, "run/containerd/containerd.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+		}, "/run/containerd/containerd.sock", false, "the node's containerd"},
+		{"a containerd binary only", func(t *testing.T, root string) {
+			os.MkdirAll(filepath.Join(root, "usr/local/bin"), 0o755)
+			os.WriteFile(filepath.Join(root, "usr/local/bin/containerd"), []byte("#!/bin/sh\n"), 0o755)
+		}, "/run/hyperlet/containerd/containerd.sock", true, "hyperlet-containerd.service"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			tc.setup(t, root)
+			run := func(args ...string) string {
+				t.Helper()
+				cmd := exec.Command("./install.sh", args...)
+				cmd.Env = append(os.Environ(), "HOST_ROOT="+root, "SYSTEMCTL=none")
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Fatalf("install.sh %v: %v\n%s", args, err, out)
+				}
+				return string(out)
+			}
+			out := run("install", "--payload", payload)
+			if !strings.Contains(out, tc.wantInOut) {
+				t.Errorf("install output lacks %q:\n%s", tc.wantInOut, out)
+			}
+			cfg, _ := os.ReadFile(filepath.Join(root, "etc/hyperlet/config.toml"))
+			if !strings.Contains(string(cfg), `endpoint = "`+tc.endpoint+`"`) {
+				t.Errorf("config does not name %s:\n%s", tc.endpoint, cfg)
+			}
+			unit, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/hyperlet-containerd.service"))
+			if (err == nil) != tc.ownUnit {
+				t.Fatalf("hyperlet-containerd.service installed: %v, want %v", err == nil, tc.ownUnit)
+			}
+			if tc.ownUnit {
+				if !strings.Contains(string(unit), "ExecStart=/usr/local/bin/containerd --config /etc/hyperlet/containerd.toml") {
+					t.Errorf("unit does not run the node's binary:\n%s", unit)
+				}
+				if ccfg, _ := os.ReadFile(filepath.Join(root, "etc/hyperlet/containerd.toml")); !strings.Contains(string(ccfg), `address = "/run/hyperlet/containerd/containerd.sock"`) {
+					t.Errorf("containerd config:\n%s", ccfg)
+				}
+				if !strings.Contains(out, "would run: systemctl enable --now hyperlet-containerd.service") {
+					t.Errorf("install does not enable hyperlet-containerd:\n%s", out)
+				}
+			}
+			run("uninstall", "--purge")
+			// What the test put there stays.
+			got := slices.DeleteFunc(files(t, root), func(f string) bool {
+				return f == "usr/local/bin/containerd" || f == "run/containerd/containerd.sock"
+			})
+			if len(got) > 0 {
+				t.Errorf("after purge: %v", got)
+			}
+		})
 	}
 }

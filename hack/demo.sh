@@ -2,7 +2,9 @@
 # Sets up and runs hyperlet with demo pods: a pod network (Debian's CNI
 # plugins; a default bridge config if /etc/cni/net.d is empty), a local
 # registry with the project's busybox image as docker.io/library/busybox,
-# and hyperlet with its own root, state and socket under _output/demo.
+# the node's containerd as hyperlet's host runtime (or, when none runs,
+# Debian's containerd started with a configuration of the demo's own), and
+# hyperlet with its own root, state and socket under _output/demo.
 # Then it runs pods with hyperctl. hyperlet keeps running; the script prints
 # how to stop it.
 set -euo pipefail
@@ -14,6 +16,23 @@ mkdir -p "$demo"
 hack/setup-cni.sh /etc/cni/net.d
 hack/registry.sh up
 
+# The host runtime (pods that share the node's namespaces): the node's
+# containerd, or the demo's own.
+csock=/run/containerd/containerd.sock
+if [ ! -S "$csock" ]; then
+	mapfile -t cd_conf < <(go run ./hack/hostcontainerd -dir "$demo/containerd" -cni /etc/cni/net.d \
+		-pause docker.io/hyperlet-test/pause:1 -mirror "docker.io=127.0.0.1:${REGISTRY_PORT:-5050}")
+	csock=${cd_conf[1]}
+	if [ -f "$demo/containerd.pid" ] && kill -0 "$(cat "$demo/containerd.pid")" 2>/dev/null; then
+		echo "demo: containerd already running (pid $(cat "$demo/containerd.pid"))"
+	else
+		containerd --config "${cd_conf[0]}" >"$demo/containerd.log" 2>&1 &
+		echo $! >"$demo/containerd.pid"
+		echo "demo: started containerd for the host runtime (pid $!), log $demo/containerd.log"
+	fi
+	for _ in $(seq 100); do [ -S "$csock" ] && break; sleep 0.1; done
+fi
+
 cat > "$demo/config.toml" <<TOML
 [vm]
 kernel = "$out/vmlinux"
@@ -21,6 +40,9 @@ initrd = "$out/initrd.img"
 
 [cni]
 conf_dir = "/etc/cni/net.d"
+
+[host_runtime]
+endpoint = "$csock"
 
 # Offline: docker.io images come from the local registry.
 [registry.mirrors."docker.io"]
@@ -53,6 +75,10 @@ echo "demo: exit code $?"
 set -e
 
 echo
+echo "demo: \$ hyperctl run --rm -net host busybox sh -c 'ls /sys/class/net'   (host network: runs on the host runtime)"
+"$ctl" run --rm -net host busybox sh -c 'ls /sys/class/net | tr "\n" " "; echo'
+
+echo
 echo "demo: \$ hyperctl run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc"
 "$ctl" rm -f web >/dev/null 2>&1 || true
 "$ctl" run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc >/dev/null
@@ -77,4 +103,6 @@ kill $pf
 echo
 echo "demo: hyperlet is serving the CRI on unix://$sock"
 echo "demo: try: HYPERCTL_ENDPOINT=$sock $ctl run -it --rm busybox sh"
-echo "demo: clean up: $ctl rm -f web; kill $(cat "$demo/hyperlet.pid"); hack/registry.sh stop"
+cleanup="$ctl rm -f web; kill $(cat "$demo/hyperlet.pid")"
+[ ! -f "$demo/containerd.pid" ] || cleanup+="; kill $(cat "$demo/containerd.pid")"
+echo "demo: clean up: $cleanup; hack/registry.sh stop"

@@ -20,7 +20,7 @@ import (
 
 const usage = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
 
-  run [-d] [--rm] [-i] [-t] [--name N] [-p HOST:POD]... [-v HOST:CTR[:ro]]...
+  run [-d] [--rm] [-i] [-t] [--name N] [-net host] [-runtime H] [-p HOST:POD]... [-v HOST:CTR[:ro]]...
       [-e K=V]... [--memory SIZE] [--cpus N] IMAGE [CMD...]
                         run a command in a new one-container pod
   ps [-a]               list containers

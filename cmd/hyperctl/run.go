@@ -78,6 +78,8 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	name := fs.String("name", "", "container (and pod) name")
 	memory := fs.String("memory", "", "memory limit (e.g. 256m)")
 	cpus := fs.Float64("cpus", 0, "CPU limit in cores")
+	network := fs.String("net", "", `"host": share the node's network (the pod runs on the host runtime, not in a VM)`)
+	runtimeClass := fs.String("runtime", "", "runtime handler (RuntimeClass handler), e.g. runc for the host runtime")
 	var ports, volumes, envs multi
 	fs.Var(&ports, "p", "publish HOST:POD[/udp]")
 	fs.Var(&volumes, "v", "mount HOST:CTR[:ro]")
@@ -91,6 +93,9 @@ func (c *cli) run(ctx context.Context, args []string) error {
 	image, cmd := fs.Arg(0), fs.Args()[1:]
 	if *name == "" {
 		*name = "hyperctl-" + randHex(3)
+	}
+	if *network != "" && *network != "host" {
+		return fmt.Errorf("bad -net %q (only \"host\")", *network)
 	}
 	if err := c.ensureImage(ctx, image); err != nil {
 		return fmt.Errorf("image %s: %w", image, err)
@@ -116,6 +121,10 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		res.CpuPeriod, res.CpuQuota = 100000, int64(*cpus*100000)
 	}
 	pod.Linux.Resources = res
+	if *network == "host" {
+		pod.Hostname = "" // the node's
+		pod.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}
+	}
 	for _, p := range ports {
 		proto := runtimeapi.Protocol_TCP
 		if strings.HasSuffix(p, "/udp") {
@@ -156,7 +165,7 @@ func (c *cli) run(ctx context.Context, args []string) error {
 		ctr.Mounts = append(ctr.Mounts, &runtimeapi.Mount{HostPath: host, ContainerPath: parts[1], Readonly: len(parts) > 2 && parts[2] == "ro"})
 	}
 
-	pr, err := c.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pod})
+	pr, err := c.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pod, RuntimeHandler: *runtimeClass})
 	if err != nil {
 		return fmt.Errorf("start pod: %w", err)
 	}

@@ -228,7 +228,7 @@ func serve(o options) error {
 	}()
 	defer streamer.Stop()
 
-	opts := []cri.Option{cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state)}
+	opts := []cri.Option{cri.WithStreaming(streamer), cri.WithVersion(version), cri.WithImages(images), cri.WithRuntime(pods), cri.WithAccel(currentAccel), cri.WithNetwork(network.Ready), cri.WithLayerFS(o.state), cri.WithVMHandlers(e.cfg.VM.Handlers)}
 	if hc := e.cfg.HostRuntime; hc.Enabled {
 		host, err := hostruntime.Dial(hc.Endpoint, hc.Handlers)
 		if err != nil {

@@ -8,8 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/BurntSushi/toml"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
@@ -144,6 +147,10 @@ type VM struct {
 	// PoolSize is how many warm VMs of the base size are kept ready for
 	// new pods (0 turns the pool off).
 	PoolSize int `toml:"pool_size"`
+	// Handlers are RuntimeClass handler names for pod VMs, besides the
+	// default (empty) handler. A pod asking for a handler that is neither
+	// one of these nor a host handler is refused.
+	Handlers []string `toml:"handlers"`
 }
 
 // Default returns the configuration used where the file is silent.
@@ -163,6 +170,7 @@ func Default() Config {
 		TemplateDir:  "/dev/shm/hyperlet/templates",
 		MaxTemplates: 8,
 		PoolSize:     1,
+		Handlers:     []string{"hyperlet"},
 	}, Jail: Jail{
 		UIDBase: 2_000_000_000, MaxVMs: 1024, CgroupParent: "hyperlet",
 		MemoryOverheadMiB: 256, Pids: 512, NoFile: 4096, ConsoleLimitBytes: 1 << 20,
@@ -209,6 +217,14 @@ func (c Config) Validate() error {
 	}
 	if c.Jail.UIDBase < 65536 || c.Jail.MaxVMs < 1 || uint64(c.Jail.UIDBase)+uint64(c.Jail.MaxVMs)*65536 >= 1<<32-1 {
 		return fmt.Errorf("jail.uid_base %d and jail.max_vms %d: the id ranges must lie within 65536..2^32-2", c.Jail.UIDBase, c.Jail.MaxVMs)
+	}
+	for _, h := range c.VM.Handlers {
+		if errs := validation.IsDNS1123Label(h); len(errs) > 0 {
+			return fmt.Errorf("vm.handlers: %q: %s", h, strings.Join(errs, "; "))
+		}
+		if c.HostRuntime.Enabled && slices.Contains(c.HostRuntime.Handlers, h) {
+			return fmt.Errorf("vm.handlers: %q is also a host_runtime handler", h)
+		}
 	}
 	if c.HostRuntime.Enabled && c.HostRuntime.Endpoint == "" {
 		return errors.New("host_runtime.endpoint must be set when host_runtime.enabled is on")

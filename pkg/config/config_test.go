@@ -22,6 +22,8 @@ func TestLoad(t *testing.T) {
 		{name: "unknown key", file: ptr("[vm]\nacel = \"tcg\"\n"), wantErr: "unknown keys"},
 		{name: "bad accel", file: ptr("[vm]\naccel = \"hvf\"\n"), wantErr: "vm.accel"},
 		{name: "bad memory", file: ptr("[vm]\nmemory_mib = 16\n"), wantErr: "memory_mib"},
+		{name: "bad handler name", file: ptr("[vm]\nhandlers = [\"Kata_VM\"]\n"), wantErr: "vm.handlers"},
+		{name: "handler in both runtimes", file: ptr("[vm]\nhandlers = [\"runc\"]\n"), wantErr: "also a host_runtime handler"},
 		{name: "syntax", file: ptr("[vm\n"), wantErr: "config"},
 	}
 	for _, tc := range tests {

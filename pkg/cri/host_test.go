@@ -70,7 +70,7 @@ func TestHostRouting(t *testing.T) {
 	defer rt.Close()
 	host := &fakeHost{Runtime: rt}
 	vms := &vmPods{}
-	s := New(WithHost(host))
+	s := New(WithHost(host), WithVMHandlers([]string{"hyperlet"}))
 	s.pods = vms
 	ctx := context.Background()
 	pod := func(name string, ns *runtimeapi.NamespaceOption) *runtimeapi.PodSandboxConfig {
@@ -81,17 +81,23 @@ func TestHostRouting(t *testing.T) {
 		name, handler string
 		ns            *runtimeapi.NamespaceOption
 		wantHost      string
+		wantCode      codes.Code
 	}{
-		{"vm", "", nil, ""},
-		{"hostnet", "", &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}, "hostnet/"},
-		{"hostpid", "", &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_NODE}, "hostpid/"},
-		{"hostipc", "", &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE}, "hostipc/"},
-		{"handler", "runc", nil, "handler/runc"},
-		{"otherhandler", "kata", nil, ""},
+		{"vm", "", nil, "", codes.OK},
+		{"hostnet", "", &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}, "hostnet/", codes.OK},
+		{"hostpid", "", &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_NODE}, "hostpid/", codes.OK},
+		{"hostipc", "", &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE}, "hostipc/", codes.OK},
+		{"handler", "runc", nil, "handler/runc", codes.OK},
+		{"vmhandler", "hyperlet", nil, "", codes.OK},
+		{"otherhandler", "kata", nil, "", codes.InvalidArgument},
 	} {
 		host.ran, vms.ran = nil, nil
-		s.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pod(tc.name, tc.ns), RuntimeHandler: tc.handler})
+		_, err := s.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: pod(tc.name, tc.ns), RuntimeHandler: tc.handler})
 		switch {
+		case tc.wantCode != codes.OK:
+			if status.Code(toGRPC(err)) != tc.wantCode || len(vms.ran)+len(host.ran) != 0 {
+				t.Errorf("%s: %v (VM %v, host %v), want %v and no pod", tc.name, err, vms.ran, host.ran, tc.wantCode)
+			}
 		case tc.wantHost != "" && (len(host.ran) != 1 || host.ran[0] != tc.wantHost):
 			t.Errorf("%s: host runtime got %v, want %s", tc.name, host.ran, tc.wantHost)
 		case tc.wantHost == "" && (len(vms.ran) != 1 || len(host.ran) != 0):

@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -14,6 +15,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	}
 	if s.host != nil && s.host.Wants(r.Config, r.RuntimeHandler) {
 		return s.host.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: r.Config, RuntimeHandler: s.host.Handler(r.RuntimeHandler)})
+	}
+	if h := r.RuntimeHandler; h != "" && !slices.Contains(s.handlers, h) {
+		return nil, fmt.Errorf("%w: runtime handler %q is not configured", errInvalid, h)
 	}
 	p, err := s.pods.RunPod(ctx, r.Config, r.RuntimeHandler)
 	if err != nil {

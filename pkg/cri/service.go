@@ -33,6 +33,7 @@ type Service struct {
 	stats    Stats
 	events   Events
 	vms      VMs
+	handlers []string    // named VM handlers, besides ""
 	host     Host        // nil: no host runtime
 	hostDown atomic.Bool // the host runtime's last list failed
 	network  func() error
@@ -70,6 +71,10 @@ func WithAccel(f func() (vm.Accel, error)) Option { return func(s *Service) { s.
 
 // WithNetwork reports whether the pod network is ready, or why not.
 func WithNetwork(ready func() error) Option { return func(s *Service) { s.network = ready } }
+
+// WithVMHandlers names the RuntimeClass handlers whose pods run in VMs,
+// besides the default one.
+func WithVMHandlers(names []string) Option { return func(s *Service) { s.handlers = names } }
 
 // WithLayerFS names the host directory reported as the writable layers'
 // filesystem (kubelet stats it).

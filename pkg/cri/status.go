@@ -30,8 +30,12 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 	}
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
-		// The default handler runs pods in VMs; host handlers on the host.
+		// The default and the named VM handlers run pods in VMs; host
+		// handlers on the host.
 		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{Name: "", Features: &runtimeapi.RuntimeHandlerFeatures{}}},
+	}
+	for _, h := range s.handlers {
+		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h, Features: &runtimeapi.RuntimeHandlerFeatures{}})
 	}
 	if s.host != nil {
 		for _, h := range s.host.Handlers() {

@@ -31,6 +31,10 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	p.op.Lock()
 	defer p.op.Unlock()
 	p.stopVM(ctx)
+	// With the VM gone nothing reads the shared volumes: release the binds
+	// now, so kubelet's unmount of a stopped pod's volumes frees them
+	// (a tmpfs would live on in the bind until the pod's removal).
+	serr := removeShared(p.rec.VM.SharedDir)
 	// Not ready from here on, whatever the network teardown says: the VM
 	// is gone.
 	p.mu.Lock()
@@ -46,6 +50,9 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	}
 	if perr != nil {
 		return fmt.Errorf("persist pod: %w", perr)
+	}
+	if serr != nil {
+		return fmt.Errorf("release the pod's volumes: %w", serr)
 	}
 	if wasReady {
 		klog.InfoS("pod stopped", "pod", p.ID())

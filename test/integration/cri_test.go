@@ -688,6 +688,13 @@ func TestCRIVolumes(t *testing.T) {
 	image.Mounts = []*runtimeapi.Mount{{ContainerPath: "/img", Image: &runtimeapi.ImageSpec{Image: testImage}}}
 	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: image, SandboxConfig: podCfg})
 	wantCode(t, "image volume", err, codes.Unimplemented)
+	// A stopped pod holds no volume: kubelet unmounts them before removal.
+	if _, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), d.state) {
+		t.Errorf("mounts left under %s after StopPodSandbox:\n%s", d.state, mi)
+	}
 	if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}

@@ -110,8 +110,8 @@ func TestCRIHostRuntime(t *testing.T) {
 	for _, h := range st.RuntimeHandlers {
 		handlers = append(handlers, h.Name)
 	}
-	if strings.Join(handlers, ",") != ",runc" {
-		t.Errorf("runtime handlers %q, want the VM default and runc", handlers)
+	if strings.Join(handlers, ",") != ",hyperlet,runc" {
+		t.Errorf("runtime handlers %q, want the VM default, hyperlet and runc", handlers)
 	}
 
 	// Stops and removals of IDs neither runtime knows succeed (critest's

@@ -17,19 +17,20 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// kubeletBinary builds (once per machine, cached) kubelet from the
-// k8s.io/kubernetes module with hack/kubelet.sh, or takes HYPERLET_KUBELET.
-func kubeletBinary(t *testing.T) string {
+// kubeBinary builds (once per machine, cached) a Kubernetes binary or etcd
+// from its Go module with hack/kube.sh; HYPERLET_KUBE_DIR names a directory
+// that has them instead.
+func kubeBinary(t *testing.T, name string) string {
 	t.Helper()
-	if k := os.Getenv("HYPERLET_KUBELET"); k != "" {
-		return k
+	if d := os.Getenv("HYPERLET_KUBE_DIR"); d != "" {
+		return filepath.Join(d, name)
 	}
-	out, err := exec.Command("../../hack/kubelet.sh").Output()
+	out, err := exec.Command("../../hack/kube.sh", name).Output()
 	if err != nil {
-		t.Fatalf("hack/kubelet.sh: %v", err)
+		t.Fatalf("hack/kube.sh %s: %v", name, err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
+	return filepath.Join(lines[len(lines)-1], name)
 }
 
 const kubeletNode = "hlnode"
@@ -65,7 +66,7 @@ spec:
 // removing the manifest tears the pod down with nothing left.
 func TestKubeletStandalone(t *testing.T) {
 	d := startCRI(t)
-	kubelet := kubeletBinary(t)
+	kubelet := kubeBinary(t, "kubelet")
 	ctx := testCtx(t, 8*time.Minute)
 	d.pull(ctx)
 
