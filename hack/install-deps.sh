@@ -7,7 +7,8 @@ pkgs=(
 	qemu-system-x86      # the hypervisor (microvm machine)
 	linux-source-6.1     # guest kernel source
 	gcc make flex bison bc libelf-dev libc6-dev xz-utils  # kernel build
-	runc                 # container runtime inside the pod VM (copied into the initrd)
+	crun                 # OCI runtime inside the pod VM (copied into the initrd)
+	runc                 # the host runtime's (containerd) and the benchmark peer's OCI runtime
 	erofs-utils          # mkfs.erofs: read-only image disks
 	busybox-static       # userland of the test/demo initrd
 	cpio                 # checks the initrd format in tests
@@ -16,7 +17,7 @@ pkgs=(
 	containernetworking-plugins  # CNI plugins for pod networks (bridge, host-local, portmap...)
 	iptables             # used by the portmap plugin for hostPorts
 	curl                 # scripts wait for the registry and demo pods
-	containerd           # the peer runtime `make bench` measures against (with runc)
+	containerd           # the host runtime (host-namespace pods) and the peer `make bench` measures against
 )
 missing=()
 for p in "${pkgs[@]}"; do

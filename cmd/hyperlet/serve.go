@@ -206,9 +206,11 @@ func serve(o options) error {
 			}
 			return currentAccel()
 		},
-		MaxMemoryMiB: e.cfg.VM.MaxMemoryMiB,
-		Templates:    templates,
-		PoolSize:     e.cfg.VM.PoolSize,
+		MaxMemoryMiB:               e.cfg.VM.MaxMemoryMiB,
+		Templates:                  templates,
+		PoolSize:                   e.cfg.VM.PoolSize,
+		MaxParallelPodStarts:       e.cfg.VM.MaxParallelStarts,
+		MaxParallelContainerStarts: e.cfg.VM.MaxParallelContainerStarts,
 	}, e.driver, images)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -214,15 +215,21 @@ func (c *containers) start(t *procTable, req *agentapi.StartContainerRequest) (*
 		return nil, err
 	}
 	pidFile := filepath.Join(dir, "init.pid")
+	hooks := &procHooks{pidFile: pidFile, cgroup: cgroupDir(req.Id)}
+	args := []string{agentapi.RuntimePath, "--root", runcRoot, "run", "--bundle", dir, "--pid-file", pidFile}
+	if spec.Process.Terminal {
+		hooks.consoleSocket = consoleSocket()
+		args = append(args, "--console-socket", hooks.consoleSocket)
+	}
 	return t.start(&agentapi.StartProcessRequest{
 		Id:    req.Id,
-		Args:  []string{agentapi.RuncPath, "--root", runcRoot, "run", "--bundle", dir, "--pid-file", pidFile, req.Id},
+		Args:  append(args, req.Id),
 		Env:   []string{"PATH=" + defaultPath},
 		Tty:   spec.Process.Terminal,
 		Stdin: req.Stdin,
 		Rows:  req.Rows,
 		Cols:  req.Cols,
-	}, &procHooks{pidFile: pidFile, cgroup: cgroupDir(req.Id)})
+	}, hooks)
 }
 
 // exec runs `runc exec` for an extra process in a running container.
@@ -269,15 +276,21 @@ func (c *containers) exec(t *procTable, req *agentapi.ExecProcessRequest) (*proc
 		return nil, status.Errorf(codes.Internal, "write process: %v", err)
 	}
 	pidFile := filepath.Join(dir, req.ExecId+".pid")
+	hooks := &procHooks{pidFile: pidFile, cleanup: []string{procFile, pidFile}}
+	args := []string{agentapi.RuntimePath, "--root", runcRoot, "exec", "--process", procFile, "--pid-file", pidFile}
+	if base.Terminal {
+		hooks.consoleSocket = consoleSocket()
+		args = append(args, "--console-socket", hooks.consoleSocket)
+	}
 	return t.start(&agentapi.StartProcessRequest{
 		Id:    req.ExecId,
-		Args:  []string{agentapi.RuncPath, "--root", runcRoot, "exec", "--process", procFile, "--pid-file", pidFile, req.ContainerId},
+		Args:  append(args, req.ContainerId),
 		Env:   []string{"PATH=" + defaultPath},
 		Tty:   base.Terminal,
 		Stdin: req.Stdin,
 		Rows:  req.Rows,
 		Cols:  req.Cols,
-	}, &procHooks{pidFile: pidFile, cleanup: []string{procFile, pidFile}})
+	}, hooks)
 }
 
 // update applies new cgroup limits with `runc update`.
@@ -327,8 +340,16 @@ func (c *containers) remove(t *procTable, id string) error {
 	return nil
 }
 
+// consoleSocket names a new console socket: short, since a socket path
+// has at most 107 bytes.
+func consoleSocket() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return filepath.Join(os.TempDir(), fmt.Sprintf("console-%x.sock", b))
+}
+
 func runRunc(args ...string) ([]byte, error) {
-	cmd := exec.Command(agentapi.RuncPath, append([]string{"--root", runcRoot}, args...)...)
+	cmd := exec.Command(agentapi.RuntimePath, append([]string{"--root", runcRoot}, args...)...)
 	return cmd.CombinedOutput()
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -41,6 +42,11 @@ type procHooks struct {
 	pidFile string
 	cgroup  string
 	cleanup []string // files removed at exit
+	// consoleSocket, for a tty process the OCI runtime starts, is where
+	// the runtime sends the master of the container's pty (its
+	// --console-socket). The agent then holds the master itself: no
+	// runtime process relays the terminal, and window sizes reach it.
+	consoleSocket string
 }
 
 // process is one process the host started.
@@ -181,7 +187,22 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 		}
 	}()
 	var readers [2]io.Reader
-	if req.Tty {
+	var console *net.UnixListener
+	if req.Tty && hooks != nil && hooks.consoleSocket != "" {
+		// The runtime's own stdio are pipes (its errors land in stderr);
+		// the container's terminal comes over the socket once it starts.
+		os.Remove(hooks.consoleSocket)
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: hooks.consoleSocket, Net: "unix"})
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "console socket: %v", err)
+		}
+		console = l
+		defer func() {
+			l.Close()
+			os.Remove(hooks.consoleSocket)
+		}()
+	}
+	if req.Tty && console == nil {
 		master, slave, err := pty.Open()
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "open pty: %v", err)
@@ -238,6 +259,32 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 		closeReaders(readers, p.stdin)
 		return nil, status.Errorf(codes.FailedPrecondition, "start %s: %v", req.Args[0], err)
 	}
+	if console != nil {
+		// Until the master arrives, stdout carries the runtime's own
+		// output; after, the container's terminal.
+		master, err := receiveConsole(console, p.exited)
+		if err != nil {
+			go p.out[agentapi.Stream_STDERR].fill(readers[agentapi.Stream_STDERR])
+			go p.out[agentapi.Stream_STDOUT].fill(readers[agentapi.Stream_STDOUT])
+			klog.V(1).InfoS("no console from the runtime", "id", p.id, "err", err)
+			return p, nil
+		}
+		if req.Rows > 0 && req.Cols > 0 {
+			pty.Setsize(master, &pty.Winsize{Rows: uint16(req.Rows), Cols: uint16(req.Cols)})
+		}
+		p.tty = master
+		if req.Stdin {
+			p.stdinMu.Lock()
+			if p.stdin != nil {
+				p.stdin.Close()
+			}
+			p.stdin = master
+			p.stdinMu.Unlock()
+		}
+		// The runtime's stdout carries nothing more for the container.
+		go io.Copy(io.Discard, readers[agentapi.Stream_STDOUT])
+		readers[agentapi.Stream_STDOUT] = master
+	}
 	for s, r := range readers {
 		if r != nil {
 			go p.out[s].fill(r)
@@ -247,6 +294,51 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 	}
 	klog.V(1).InfoS("process started", "id", p.id, "pid", p.pid, "args", req.Args)
 	return p, nil
+}
+
+// receiveConsole accepts the OCI runtime's connection on its console
+// socket and takes the pty master it sends, unless the runtime exits
+// first or takes longer than a start may.
+func receiveConsole(l *net.UnixListener, exited <-chan struct{}) (*os.File, error) {
+	l.SetDeadline(time.Now().Add(startTimeout))
+	type result struct {
+		f   *os.File
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			got <- result{nil, err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(startTimeout))
+		buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+		_, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if err != nil {
+			got <- result{nil, err}
+			return
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil || len(msgs) != 1 {
+			got <- result{nil, fmt.Errorf("console message: %v (%d messages)", err, len(msgs))}
+			return
+		}
+		fds, err := unix.ParseUnixRights(&msgs[0])
+		if err != nil || len(fds) != 1 {
+			got <- result{nil, fmt.Errorf("console fd: %v", err)}
+			return
+		}
+		got <- result{os.NewFile(uintptr(fds[0]), "console"), nil}
+	}()
+	select {
+	case r := <-got:
+		return r.f, r.err
+	case <-exited:
+		l.Close()
+		return nil, errors.New("the runtime exited before sending the console")
+	}
 }
 
 func closeReaders(readers [2]io.Reader, stdin io.WriteCloser) {

@@ -13,25 +13,27 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
 
 func main() {
 	out := flag.String("o", "", "output file")
 	agent := flag.String("agent", "", "agent binary, installed as /init")
 	busybox := flag.String("busybox", "", "optional static busybox, installed with its applets in /bin")
-	runc := flag.String("runc", "", "runc binary, installed as /usr/sbin/runc with the shared libraries it needs")
+	runtime := flag.String("runtime", "", "OCI runtime binary (crun, or runc), installed as "+agentapi.RuntimePath+" with the shared libraries it needs")
 	flag.Parse()
-	if *out == "" || *agent == "" || *runc == "" {
-		fmt.Fprintln(os.Stderr, "usage: mkinitrd -o OUT -agent AGENT -runc RUNC [-busybox BUSYBOX]")
+	if *out == "" || *agent == "" || *runtime == "" {
+		fmt.Fprintln(os.Stderr, "usage: mkinitrd -o OUT -agent AGENT -runtime CRUN [-busybox BUSYBOX]")
 		os.Exit(2)
 	}
-	if err := build(*out, *agent, *runc, *busybox); err != nil {
+	if err := build(*out, *agent, *runtime, *busybox); err != nil {
 		fmt.Fprintln(os.Stderr, "mkinitrd:", err)
 		os.Exit(1)
 	}
 }
 
-func build(out, agent, runc, busybox string) error {
+func build(out, agent, runtime, busybox string) error {
 	tmp := out + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
@@ -49,10 +51,10 @@ func build(out, agent, runc, busybox string) error {
 	if err := w.file("init", agent, 0o755); err != nil {
 		return err
 	}
-	if err := w.file("usr/sbin/runc", runc, 0o755); err != nil {
+	if err := w.file(strings.TrimPrefix(agentapi.RuntimePath, "/"), runtime, 0o755); err != nil {
 		return err
 	}
-	libs, err := sharedLibs(runc)
+	libs, err := sharedLibs(runtime)
 	if err != nil {
 		return err
 	}

@@ -280,12 +280,16 @@ func settledPSS(ctx context.Context, e *endpoint, pods []*pod) (memSample, error
 	case <-time.After(10 * time.Second):
 	}
 	pss, tcg, err := podPSS(ctx, e, pods)
-	return memSample{pss, tcg}, err
+	if err != nil {
+		return memSample{}, err
+	}
+	cpu, err := podIdleCPU(ctx, e, pods, 10*time.Second)
+	return memSample{pss, tcg, cpu}, err
 }
 
 // memSample is the mean PSS per pod and the part that is TCG's translation
-// cache, in MiB.
-type memSample struct{ pss, tcg float64 }
+// cache, in MiB, and the mean host CPU an idle pod uses, in % of one CPU.
+type memSample struct{ pss, tcg, cpu float64 }
 
 // env describes the machine and the runtimes for the table's header.
 type env struct {

@@ -113,6 +113,16 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %.1f | %s | %s |\n", k, c.pss, t.pss, t.tcg, cbs, ratio(t.pss, c.pss))
 	}
 	fmt.Fprintf(&b, "\nThe translation cache (`vm.tcg_cache_mib`) exists only under TCG; with KVM a pod VM has none.\n")
+	fmt.Fprintf(&b, "\n## Host CPU per idle pod\n\nutime + stime of all of a pod's processes over 10 s, right after the memory sample, in %% of one host CPU per pod.\n\n")
+	fmt.Fprintf(&b, "| idle pods | %s | %s | %s |\n|---:|---:|---:|---:|\n", r.ctrd, r.tpl, r.cold)
+	for _, k := range []int{1, 10, r.rateN} {
+		c, t, cb := r.mem[r.ctrd][k], r.mem[r.tpl][k], r.mem[r.cold][k]
+		cbs := "-"
+		if cb.pss > 0 {
+			cbs = fmt.Sprintf("%.2f", cb.cpu)
+		}
+		fmt.Fprintf(&b, "| %d | %.2f | %.2f | %s |\n", k, c.cpu, t.cpu, cbs)
+	}
 	fmt.Fprintf(&b, "\nNot in the per-pod figures: the runtime daemons (%s %.1f MiB, %s %.1f MiB PSS) and the template RAM files hyperlet keeps on tmpfs "+
 		"(%.1f MiB resident, once per node and VM size; the pages clones map are in their PSS).\n",
 		r.ctrd, r.daemons[r.ctrd], r.tpl, r.daemons[r.tpl], r.templateMiB)

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,6 +167,45 @@ func podPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, float64, er
 	}
 	n := float64(len(pods)) * 1024
 	return float64(kib) / n, float64(tcg) / n, nil
+}
+
+// podIdleCPU is the host CPU the pods' processes use over d, in % of one
+// CPU per pod (utime + stime of every thread, from /proc/PID/stat).
+func podIdleCPU(ctx context.Context, e *endpoint, pods []*pod, d time.Duration) (float64, error) {
+	var pids []int
+	for _, p := range pods {
+		ps, err := e.podPIDs(ctx, p.id)
+		if err != nil {
+			return 0, err
+		}
+		pids = append(pids, ps...)
+	}
+	ticks := func() int64 {
+		var t int64
+		for _, pid := range pids {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				continue
+			}
+			// Fields after the command (which may hold spaces): state is
+			// field 3, utime 14, stime 15.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+			if len(f) > 13 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				s, _ := strconv.ParseInt(f[12], 10, 64)
+				t += u + s
+			}
+		}
+		return t
+	}
+	t0, start := ticks(), time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(d):
+	}
+	used := float64(ticks()-t0) / 100 // USER_HZ
+	return used / time.Since(start).Seconds() * 100 / float64(len(pods)), nil
 }
 
 // stats are order statistics of a sample, in milliseconds.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 
@@ -147,6 +148,11 @@ type VM struct {
 	// PoolSize is how many warm VMs of the base size are kept ready for
 	// new pods (0 turns the pool off).
 	PoolSize int `toml:"pool_size"`
+	// MaxParallelStarts and MaxParallelContainerStarts bound the pod VM
+	// starts and the container starts in flight; more queue. 0 means the
+	// host's CPU count (Load resolves it), -1 no bound.
+	MaxParallelStarts          int `toml:"max_parallel_starts"`
+	MaxParallelContainerStarts int `toml:"max_parallel_container_starts"`
 	// Handlers are RuntimeClass handler names for pod VMs, besides the
 	// default (empty) handler. A pod asking for a handler that is neither
 	// one of these nor a host handler is refused.
@@ -184,6 +190,7 @@ func Load(path string) (Config, error) {
 	cfg := Default()
 	md, err := toml.DecodeFile(path, &cfg)
 	if errors.Is(err, fs.ErrNotExist) {
+		cfg.resolve()
 		return cfg, nil
 	}
 	if err != nil {
@@ -192,7 +199,20 @@ func Load(path string) (Config, error) {
 	if undec := md.Undecoded(); len(undec) > 0 {
 		return cfg, fmt.Errorf("config %s: unknown keys %v", path, undec)
 	}
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	cfg.resolve()
+	return cfg, nil
+}
+
+// resolve fills the values that default from the host.
+func (c *Config) resolve() {
+	for _, n := range []*int{&c.VM.MaxParallelStarts, &c.VM.MaxParallelContainerStarts} {
+		if *n == 0 {
+			*n = goruntime.NumCPU()
+		}
+	}
 }
 
 // Validate checks values the daemon cannot start with.
@@ -205,6 +225,9 @@ func (c Config) Validate() error {
 	}
 	if c.VM.MemoryMiB < 64 {
 		return fmt.Errorf("vm.memory_mib: %d is below 64", c.VM.MemoryMiB)
+	}
+	if c.VM.MaxParallelStarts < -1 || c.VM.MaxParallelContainerStarts < -1 {
+		return errors.New("vm.max_parallel_starts and vm.max_parallel_container_starts: -1 (no bound), 0 (the CPU count) or a count")
 	}
 	if c.VM.PoolSize < 0 || c.VM.PoolSize > 64 {
 		return fmt.Errorf("vm.pool_size: %d out of range 0-64", c.VM.PoolSize)

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"testing"
 )
@@ -14,7 +15,12 @@ func TestLoad(t *testing.T) {
 		check   func(Config) bool
 		wantErr string
 	}{
-		{name: "missing file means defaults", check: func(c Config) bool { return c.VM.Accel == "auto" && c.VM.MemoryMiB == 256 }},
+		{name: "missing file means defaults", check: func(c Config) bool {
+			return c.VM.Accel == "auto" && c.VM.MemoryMiB == 256 && c.VM.MaxParallelStarts == goruntime.NumCPU() && c.VM.MaxParallelContainerStarts == goruntime.NumCPU()
+		}},
+		{name: "start bounds", file: ptr("[vm]\nmax_parallel_starts = -1\nmax_parallel_container_starts = 3\n"),
+			check: func(c Config) bool { return c.VM.MaxParallelStarts == -1 && c.VM.MaxParallelContainerStarts == 3 }},
+		{name: "bad start bound", file: ptr("[vm]\nmax_parallel_starts = -2\n"), wantErr: "max_parallel_starts"},
 		{name: "overrides", file: ptr("[vm]\naccel = \"tcg\"\nmemory_mib = 512\nkernel_args = [\"hyperlet.v=2\"]\n"),
 			check: func(c Config) bool {
 				return c.VM.Accel == "tcg" && c.VM.MemoryMiB == 512 && c.VM.VCPUs == 1 && c.VM.KernelArgs[0] == "hyperlet.v=2"

@@ -21,6 +21,11 @@ import (
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
 
+// ociVersion is the runtime-spec version the specs declare: the guest's
+// crun (1.8, Debian 12) accepts 1.0 and 1.1 only, and the specs use nothing
+// newer.
+const ociVersion = "1.1.0"
+
 // ErrInvalid marks a request that cannot be turned into a spec.
 var ErrInvalid = errors.New("invalid container config")
 
@@ -114,7 +119,7 @@ func Spec(in Input) (*specs.Spec, string, error) {
 	}
 
 	s := &specs.Spec{
-		Version:  specs.Version,
+		Version:  ociVersion,
 		Hostname: "",
 		Root:     &specs.Root{Path: "rootfs", Readonly: sc.GetReadonlyRootfs()},
 		Process: &specs.Process{

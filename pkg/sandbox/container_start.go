@@ -36,6 +36,13 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 			return err
 		}
 	}
+	if err := m.ctrStarts.enter(ctx); err != nil {
+		if log != nil {
+			log.Close()
+		}
+		return err
+	}
+	defer m.ctrStarts.leave()
 	// The intent goes first: a daemon killed during the start asks the
 	// guest, on restart, whether the container runs.
 	c.mu.Lock()

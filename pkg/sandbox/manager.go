@@ -51,6 +51,10 @@ type Config struct {
 	Templates *template.Store
 	// PoolSize is how many warm VMs of the base size are kept ready.
 	PoolSize int
+	// MaxParallelPodStarts and MaxParallelContainerStarts bound the pod
+	// VM starts (warm VMs included) and the container starts in flight;
+	// the rest queue (0: no bound).
+	MaxParallelPodStarts, MaxParallelContainerStarts int
 }
 
 // Manager owns every pod VM and container on the node: their records
@@ -63,6 +67,8 @@ type Manager struct {
 	db     *store
 	events events
 	pool   *pool
+	// podStarts and ctrStarts queue starts beyond the configured bounds.
+	podStarts, ctrStarts *gate
 
 	mu   sync.Mutex
 	pods map[string]*Pod
@@ -82,7 +88,8 @@ func New(ctx context.Context, cfg Config, hv vm.Hypervisor, images Images) (*Man
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, hv: hv, images: images, db: db,
-		pods: map[string]*Pod{}, ctrs: map[string]*Container{}, names: map[string]string{}}
+		pods: map[string]*Pod{}, ctrs: map[string]*Container{}, names: map[string]string{},
+		podStarts: newGate("pod start", cfg.MaxParallelPodStarts), ctrStarts: newGate("container start", cfg.MaxParallelContainerStarts)}
 	if err := m.recover(ctx); err != nil {
 		db.close()
 		return nil, err
@@ -137,11 +144,14 @@ type VMStatus struct {
 	// TemplateBytes is how much of the templates' RAM files is in memory.
 	TemplateBytes int64      `json:"templateBytes"`
 	Pool          PoolStatus `json:"pool"`
+	// PodStarts and ContainerStarts are the start queues.
+	PodStarts       GateStatus `json:"podStarts"`
+	ContainerStarts GateStatus `json:"containerStarts"`
 }
 
 // VMStatus reports the VM templates and the warm pool.
 func (m *Manager) VMStatus() VMStatus {
-	st := VMStatus{Pool: m.pool.status()}
+	st := VMStatus{Pool: m.pool.status(), PodStarts: m.podStarts.status(), ContainerStarts: m.ctrStarts.status()}
 	if ts := m.cfg.Templates; ts != nil {
 		st.Templates, st.TemplateBytes = ts.Templates(), ts.ResidentBytes()
 	}

@@ -129,6 +129,10 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			m.releaseName(p.name(), id)
 		}
 	}()
+	if err := m.podStarts.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer m.podStarts.leave()
 	vc, err := m.baseVM(ctx, id[:16])
 	if err != nil {
 		return nil, fmt.Errorf("%w: no usable VM accelerator: %v", ErrNotReady, err)

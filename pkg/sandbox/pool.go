@@ -210,7 +210,12 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 			klog.ErrorS(err, "VM template for warm VMs; booting them instead")
 		}
 	}
+	// Warm VMs take their turn with pods' VMs.
+	if err := m.podStarts.enter(ctx); err != nil {
+		return nil, err
+	}
 	v, c, cfg, boot, err := m.startVM(ctx, cfg)
+	m.podStarts.leave()
 	if err != nil {
 		return nil, err
 	}

@@ -538,7 +538,7 @@ func TestCRIBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = d.rs.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: r.ContainerId})
-	if err == nil || !strings.Contains(err.Error(), "no such file") {
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "no such file") {
 		t.Errorf("start of a missing binary: %v", err)
 	}
 	if st := d.status(ctx, r.ContainerId); st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.Reason != "StartError" {

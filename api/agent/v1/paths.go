@@ -15,6 +15,7 @@ const (
 	// SetupPod mounts at SharedDir. Volume mounts point into it.
 	SharedFSTag = "hyperlet"
 	SharedDir   = "/run/hyperlet/shared"
-	// RuncPath is where the guest image installs runc.
-	RuncPath = "/usr/sbin/runc"
+	// RuntimePath is where the guest image installs its OCI runtime (crun;
+	// runc's command line works too, see guest/initrd).
+	RuntimePath = "/usr/sbin/oci-runtime"
 )
