@@ -41,6 +41,13 @@ func main() {
 		os.Setenv("PATH", defaultPath)
 	}
 	klog.InfoS("hyperlet-agent starting", "version", version, "pid1", pid1)
+	if b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource"); err == nil {
+		if cs := strings.TrimSpace(string(b)); strings.Contains(cs, "jiffies") {
+			// A jiffies clock needs the periodic tick: this VM will cost
+			// host CPU even when idle (see pkg/vm/qemu/tsc.go).
+			klog.InfoS("warning: the guest clock is jiffies-based; idle costs host CPU", "clocksource", cs)
+		}
+	}
 
 	procs := newProcTable()
 	sigch := make(chan os.Signal, 16)

@@ -38,6 +38,8 @@ func main() {
 		n        = flag.Int("n", 20, "sequential pod starts per runtime and mode")
 		rateN    = flag.Int("rate-pods", 50, "pods started for the creation rate (and the largest memory sample)")
 		clients  = flag.Int("clients", 10, "concurrent clients for the creation rate")
+		burstN   = flag.Int("burst-pods", 100, "pods of the burst phase (0: skip it)")
+		burstC   = flag.Int("burst-clients", 20, "concurrent clients of the burst phase")
 		poolSize = flag.Int("pool", 2, "warm pool size of the pool mode")
 		density  = flag.Int("density", 0, "instead: ramp hyperlet up to this many idle pods, check them, tear down")
 		out      = flag.String("out", "docs/bench", "where results.md and latency.svg go (empty: nowhere)")
@@ -48,7 +50,8 @@ func main() {
 	)
 	flag.Parse()
 	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel}
-	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize}
+	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize,
+		burstN: *burstN, burstClients: *burstC}
 	// Interrupted, it still tears down what it started.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -81,6 +84,7 @@ type bench struct {
 	cfg                     benchConfig
 	work, registry, bin     string
 	n, rateN, clients, pool int
+	burstN, burstClients    int
 	cniDir, logs            string
 	endpoints               []*endpoint
 }
@@ -244,6 +248,27 @@ func (b *bench) run(ctx context.Context, out string) error {
 			return err
 		}
 	}
+	// A burst: many pods from many clients at once, on an otherwise idle
+	// node. Every one must start; the load average shows whether the
+	// node stayed usable.
+	bursts := map[string]burst{}
+	if b.burstN > 0 {
+		for _, e := range []*endpoint{ctrd, hl["template"]} {
+			load := sampleLoad()
+			pods, took, err := startMany(ctx, e, b.logs, b.burstN, b.burstClients)
+			maxLoad := load()
+			if err != nil {
+				stopMany(ctx, e, pods, b.burstClients)
+				return fmt.Errorf("%s: burst of %d pods: %w", e.name, b.burstN, err)
+			}
+			bursts[e.name] = burst{rate: float64(len(pods)) / took.Seconds(), maxLoad: maxLoad}
+			fmt.Printf("  %s: burst of %d pods with %d clients in %s (%.2f pods/s, load average up to %.1f)\n",
+				e.name, len(pods), b.burstClients, took.Round(time.Millisecond), bursts[e.name].rate, maxLoad)
+			if _, err := stopMany(ctx, e, pods, b.burstClients); err != nil {
+				return err
+			}
+		}
+	}
 	daemons := map[string]float64{}
 	for _, e := range []*endpoint{ctrd, hl["template"]} {
 		kib, _ := pssKiB([]int{e.cmd.Process.Pid})
@@ -253,7 +278,8 @@ func (b *bench) run(ctx context.Context, out string) error {
 
 	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
 		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,
-		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20)}
+		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20),
+		bursts: bursts, burstN: b.burstN, burstClients: b.burstClients}
 	table := r.markdown()
 	fmt.Println()
 	fmt.Print(table)

@@ -40,7 +40,13 @@ type report struct {
 	poolInfo        string
 	poolSize        int
 	templateMiB     float64
+	bursts          map[string]burst
+	burstN          int
+	burstClients    int
 }
+
+// burst is the burst phase's outcome for one runtime.
+type burst struct{ rate, maxLoad float64 }
 
 func ratio(a, b float64) string {
 	if b == 0 {
@@ -100,6 +106,15 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "| runtime | pods/s | teardown of all, s | hyperlet/containerd (pods/s) |\n|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| %s | %.2f | %.1f | 1 (peer) |\n", r.ctrd, r.rates[r.ctrd], r.bulkTeardown[r.ctrd].Seconds())
 	fmt.Fprintf(&b, "| %s | %.2f | %.1f | %s |\n", r.tpl, r.rates[r.tpl], r.bulkTeardown[r.tpl].Seconds(), ratio(r.rates[r.tpl], r.rates[r.ctrd]))
+
+	if r.burstN > 0 {
+		fmt.Fprintf(&b, "\n## Burst\n\n%d pods started by %d concurrent clients on an otherwise idle node; every one must start. "+
+			"Load average: the highest 1-minute figure sampled each second during the burst.\n\n", r.burstN, r.burstClients)
+		fmt.Fprintf(&b, "| runtime | pods/s | max load average | hyperlet/containerd (pods/s) |\n|---|---:|---:|---:|\n")
+		c, t := r.bursts[r.ctrd], r.bursts[r.tpl]
+		fmt.Fprintf(&b, "| %s | %.2f | %.1f | 1 (peer) |\n", r.ctrd, c.rate, c.maxLoad)
+		fmt.Fprintf(&b, "| %s | %.2f | %.1f | %s |\n", r.tpl, t.rate, t.maxLoad, ratio(t.rate, c.rate))
+	}
 
 	fmt.Fprintf(&b, "\n## Memory per idle pod\n\nHost PSS (shared pages divided among the processes mapping them) of all of a pod's processes, "+
 		"averaged over the pods, 10 s after the last start. containerd+runc: the pod's shim, pause and container processes; hyperlet: the pod's QEMU. MiB.\n\n")

@@ -169,6 +169,47 @@ func podPSS(ctx context.Context, e *endpoint, pods []*pod) (float64, float64, er
 	return float64(kib) / n, float64(tcg) / n, nil
 }
 
+// sampleLoad samples the 1-minute load average every second until the
+// returned function is called, which returns the highest sample.
+func sampleLoad() func() float64 {
+	var mu sync.Mutex
+	peak := 0.0
+	done := make(chan struct{})
+	read := func() {
+		b, err := os.ReadFile("/proc/loadavg")
+		if err != nil {
+			return
+		}
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				mu.Lock()
+				peak = max(peak, v)
+				mu.Unlock()
+			}
+		}
+	}
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				read()
+			}
+		}
+	}()
+	return func() float64 {
+		close(done)
+		read()
+		mu.Lock()
+		defer mu.Unlock()
+		return peak
+	}
+}
+
 // podIdleCPU is the host CPU the pods' processes use over d, in % of one
 // CPU per pod (utime + stime of every thread, from /proc/PID/stat).
 func podIdleCPU(ctx context.Context, e *endpoint, pods []*pod, d time.Duration) (float64, error) {

@@ -116,6 +116,9 @@ func (d *Driver) args(cfg vm.Config, l launch) ([]string, []*os.File) {
 		machine += ",memory-backend=mem"
 	}
 	kargs := append(append([]string{}, defaultKernelArgs...), cfg.KernelArgs...)
+	if cfg.Accel != vm.AccelKVM {
+		kargs = append(kargs, tcgTSCArgs()...)
+	}
 	console := f.add(l.console)
 	f.add(l.consoleKeep) // inherited and held, never used (see prepare)
 	args := []string{
