@@ -81,17 +81,20 @@ func files(t *testing.T, root string) []string {
 	return out
 }
 
-// TestInstallUninstall installs into a scratch root twice (idempotent),
-// keeps an edited config across reinstalls, and removes everything it put
-// there on uninstall (--purge: the config too).
-func TestInstallUninstall(t *testing.T) {
+// fakePayload is an installer payload of placeholder files.
+func fakePayload(t *testing.T) string {
 	payload := t.TempDir()
 	for _, f := range []string{"bin/hyperlet", "bin/hyperctl", "share/vmlinux", "share/initrd.img"} {
 		os.MkdirAll(filepath.Join(payload, filepath.Dir(f)), 0o755)
 		os.WriteFile(filepath.Join(payload, f), []byte(f), 0o644)
 	}
-	root := t.TempDir()
-	run := func(args ...string) string {
+	return payload
+}
+
+// installer runs install.sh into root, leaving systemd alone, and returns
+// its output; a failure fails the test.
+func installer(t *testing.T, root string) func(args ...string) string {
+	return func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command("./install.sh", args...)
 		cmd.Env = append(os.Environ(), "HOST_ROOT="+root, "SYSTEMCTL=none")
@@ -101,6 +104,15 @@ func TestInstallUninstall(t *testing.T) {
 		}
 		return string(out)
 	}
+}
+
+// TestInstallUninstall installs into a scratch root twice (idempotent),
+// keeps an edited config across reinstalls, and removes everything it put
+// there on uninstall (--purge: the config too).
+func TestInstallUninstall(t *testing.T) {
+	payload := fakePayload(t)
+	root := t.TempDir()
+	run := installer(t, root)
 	run("install", "--payload", payload)
 	out := run("install", "--payload", payload)
 	if !strings.Contains(out, "would run: systemctl enable --now hyperlet.service") {
@@ -170,11 +182,7 @@ func TestInstallerImage(t *testing.T) {
 // hyperlet-containerd.service and a config naming its socket; a node with
 // none is warned about. Uninstall removes what install added.
 func TestInstallHostRuntime(t *testing.T) {
-	payload := t.TempDir()
-	for _, f := range []string{"bin/hyperlet", "bin/hyperctl", "share/vmlinux", "share/initrd.img"} {
-		os.MkdirAll(filepath.Join(payload, filepath.Dir(f)), 0o755)
-		os.WriteFile(filepath.Join(payload, f), []byte(f), 0o644)
-	}
+	payload := fakePayload(t)
 	for _, tc := range []struct {
 		name      string
 		setup     func(t *testing.T, root string)
@@ -199,16 +207,7 @@ func TestInstallHostRuntime(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			tc.setup(t, root)
-			run := func(args ...string) string {
-				t.Helper()
-				cmd := exec.Command("./install.sh", args...)
-				cmd.Env = append(os.Environ(), "HOST_ROOT="+root, "SYSTEMCTL=none")
-				out, err := cmd.CombinedOutput()
-				if err != nil {
-					t.Fatalf("install.sh %v: %v\n%s", args, err, out)
-				}
-				return string(out)
-			}
+			run := installer(t, root)
 			out := run("install", "--payload", payload)
 			if !strings.Contains(out, tc.wantInOut) {
 				t.Errorf("install output lacks %q:\n%s", tc.wantInOut, out)

@@ -262,28 +262,27 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 	if console != nil {
 		// Until the master arrives, stdout carries the runtime's own
 		// output; after, the container's terminal.
-		master, err := receiveConsole(console, p.exited)
-		if err != nil {
-			go p.out[agentapi.Stream_STDERR].fill(readers[agentapi.Stream_STDERR])
-			go p.out[agentapi.Stream_STDOUT].fill(readers[agentapi.Stream_STDOUT])
+		// Without one (the runtime failed first), its output is the
+		// process's, as for any other.
+		if master, err := receiveConsole(console, p.exited); err != nil {
 			klog.V(1).InfoS("no console from the runtime", "id", p.id, "err", err)
-			return p, nil
-		}
-		if req.Rows > 0 && req.Cols > 0 {
-			pty.Setsize(master, &pty.Winsize{Rows: uint16(req.Rows), Cols: uint16(req.Cols)})
-		}
-		p.tty = master
-		if req.Stdin {
-			p.stdinMu.Lock()
-			if p.stdin != nil {
-				p.stdin.Close()
+		} else {
+			if req.Rows > 0 && req.Cols > 0 {
+				pty.Setsize(master, &pty.Winsize{Rows: uint16(req.Rows), Cols: uint16(req.Cols)})
 			}
-			p.stdin = master
-			p.stdinMu.Unlock()
+			p.tty = master
+			if req.Stdin {
+				p.stdinMu.Lock()
+				if p.stdin != nil {
+					p.stdin.Close()
+				}
+				p.stdin = master
+				p.stdinMu.Unlock()
+			}
+			// The runtime's stdout carries nothing more for the container.
+			go io.Copy(io.Discard, readers[agentapi.Stream_STDOUT])
+			readers[agentapi.Stream_STDOUT] = master
 		}
-		// The runtime's stdout carries nothing more for the container.
-		go io.Copy(io.Discard, readers[agentapi.Stream_STDOUT])
-		readers[agentapi.Stream_STDOUT] = master
 	}
 	for s, r := range readers {
 		if r != nil {

@@ -200,12 +200,8 @@ type kubectlFunc func(stdin string, args ...string) (string, error)
 // that sees the node's interfaces, RuntimeClasses for both runtimes, and a
 // deleted Deployment leaving nothing behind.
 func TestCluster(t *testing.T) {
-	cdir := runDir(t)
-	csock := filepath.Join(cdir, "containerd.sock")
-	d := startCRI(t, "host_runtime.enabled = true", fmt.Sprintf("host_runtime.endpoint = %q", csock))
+	d, cd := startWithHostRuntime(t)
 	ctx := testCtx(t, 20*time.Minute)
-	d.reg.Push(t, "hyperlet-test/pause:1", sleeperImage(t))
-	cd := startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
 	before := d.hostState(t)
 	chains := kubeChains()
 	kubeProxy := kubeBinary(t, "kube-proxy")
@@ -260,23 +256,7 @@ func TestCluster(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	})
-	// poll calls fn until it reports done or the context ends.
-	poll := func(what string, fn func() (bool, string)) {
-		t.Helper()
-		last := ""
-		for {
-			ok, state := fn()
-			if ok {
-				return
-			}
-			last = state
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s: timed out; last: %s", what, last)
-			case <-time.After(time.Second):
-			}
-		}
-	}
+	poll := func(what string, fn func() (bool, string)) { t.Helper(); pollUntil(t, ctx, time.Second, what, fn) }
 	poll("API server ready", func() (bool, string) {
 		out, err := kubectl("", "get", "--raw", "/readyz")
 		return err == nil && strings.TrimSpace(out) == "ok", out

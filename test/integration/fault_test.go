@@ -41,11 +41,25 @@ func (d *criDaemon) podVM(ctx context.Context, pod string) int {
 // waitFor polls cond until it holds or ctx ends.
 func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
-	for !cond() {
-		if ctx.Err() != nil {
-			t.Fatalf("timed out waiting for %s", what)
+	pollUntil(t, ctx, 100*time.Millisecond, what, func() (bool, string) { return cond(), "" })
+}
+
+// pollUntil calls fn every interval until it reports done, or fails the
+// test with fn's last state when ctx ends.
+func pollUntil(t *testing.T, ctx context.Context, every time.Duration, what string, fn func() (bool, string)) {
+	t.Helper()
+	last := ""
+	for {
+		ok, state := fn()
+		if ok {
+			return
 		}
-		time.Sleep(100 * time.Millisecond)
+		last = state
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: timed out; last: %s", what, last)
+		case <-time.After(every):
+		}
 	}
 }
 

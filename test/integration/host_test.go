@@ -73,6 +73,17 @@ func startContainerd(t *testing.T, dir, registry, cniDir string) *hostContainerd
 	return c
 }
 
+// startWithHostRuntime starts hyperlet with a containerd of its own as the
+// host runtime, on hyperlet's pod network.
+func startWithHostRuntime(t *testing.T) (*criDaemon, *hostContainerd) {
+	t.Helper()
+	cdir := runDir(t)
+	sock := filepath.Join(cdir, "containerd.sock")
+	d := startCRI(t, "host_runtime.enabled = true", fmt.Sprintf("host_runtime.endpoint = %q", sock))
+	d.reg.Push(t, "hyperlet-test/pause:1", sleeperImage(t))
+	return d, startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
+}
+
 func (c *hostContainerd) stop() {
 	if c.cmd != nil {
 		c.cmd.Process.Signal(syscall.SIGTERM)
@@ -94,12 +105,8 @@ func hostNetworkPod(name string) *runtimeapi.PodSandboxConfig {
 // are removable; with containerd down, host pods fail with Unavailable and
 // the VM pod is unaffected.
 func TestCRIHostRuntime(t *testing.T) {
-	cdir := runDir(t)
-	sock := filepath.Join(cdir, "containerd.sock")
-	d := startCRI(t, "host_runtime.enabled = true", fmt.Sprintf("host_runtime.endpoint = %q", sock))
+	d, cd := startWithHostRuntime(t)
 	ctx := testCtx(t, 10*time.Minute)
-	d.reg.Push(t, "hyperlet-test/pause:1", sleeperImage(t))
-	cd := startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
 	d.pull(ctx)
 
 	st, err := d.rs.Status(ctx, &runtimeapi.StatusRequest{})
@@ -183,7 +190,7 @@ func TestCRIHostRuntime(t *testing.T) {
 		t.Errorf("pods listed with containerd down: %v %v, want the VM pod", pods, err)
 	}
 
-	cd = startContainerd(t, cdir, d.reg.Host, filepath.Join(d.dir, "cni"))
+	cd = startContainerd(t, cd.dir, d.reg.Host, filepath.Join(d.dir, "cni"))
 	waitFor(t, ctx, "the host pod to be listed again", func() bool {
 		pods, err := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
 		return err == nil && len(pods.Items) == 2

@@ -125,22 +125,9 @@ evictionHard: {}
 	manifest := filepath.Join(manifests, "web.yaml")
 	os.WriteFile(manifest, []byte(fmt.Sprintf(webPod, testImage)), 0o644)
 
-	// poll calls fn until it reports done or the context ends.
 	poll := func(what string, fn func() (bool, string)) {
 		t.Helper()
-		last := ""
-		for {
-			ok, state := fn()
-			if ok {
-				return
-			}
-			last = state
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s: timed out; last: %s", what, last)
-			case <-time.After(500 * time.Millisecond):
-			}
-		}
+		pollUntil(t, ctx, 500*time.Millisecond, what, fn)
 	}
 	var pod *runtimeapi.PodSandbox
 	poll("pod ready", func() (bool, string) {
