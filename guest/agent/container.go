@@ -215,7 +215,7 @@ func (c *containers) start(t *procTable, req *agentapi.StartContainerRequest) (*
 		return nil, err
 	}
 	pidFile := filepath.Join(dir, "init.pid")
-	hooks := &procHooks{pidFile: pidFile, cgroup: cgroupDir(req.Id)}
+	hooks := &procHooks{pidFile: pidFile, cgroup: cgroupDir(req.Id), exe: runtimeExe()}
 	args := []string{agentapi.RuntimePath, "--root", runcRoot, "run", "--bundle", dir, "--pid-file", pidFile}
 	if spec.Process.Terminal {
 		hooks.consoleSocket = consoleSocket()
@@ -276,7 +276,7 @@ func (c *containers) exec(t *procTable, req *agentapi.ExecProcessRequest) (*proc
 		return nil, status.Errorf(codes.Internal, "write process: %v", err)
 	}
 	pidFile := filepath.Join(dir, req.ExecId+".pid")
-	hooks := &procHooks{pidFile: pidFile, cleanup: []string{procFile, pidFile}}
+	hooks := &procHooks{pidFile: pidFile, cleanup: []string{procFile, pidFile}, exe: runtimeExe()}
 	args := []string{agentapi.RuntimePath, "--root", runcRoot, "exec", "--process", procFile, "--pid-file", pidFile}
 	if base.Terminal {
 		hooks.consoleSocket = consoleSocket()
@@ -349,7 +349,8 @@ func consoleSocket() string {
 }
 
 func runRunc(args ...string) ([]byte, error) {
-	cmd := exec.Command(agentapi.RuntimePath, append([]string{"--root", runcRoot}, args...)...)
+	cmd := exec.Command(runtimeExe(), append([]string{"--root", runcRoot}, args...)...)
+	cmd.Args[0] = agentapi.RuntimePath
 	return cmd.CombinedOutput()
 }
 

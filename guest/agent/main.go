@@ -49,6 +49,9 @@ func main() {
 		}
 	}
 
+	// Before the agent answers, so a template's clones inherit the copy.
+	runtimeExe()
+
 	procs := newProcTable()
 	sigch := make(chan os.Signal, 16)
 	signal.Notify(sigch, unix.SIGCHLD)

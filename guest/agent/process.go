@@ -47,6 +47,9 @@ type procHooks struct {
 	// --console-socket). The agent then holds the master itself: no
 	// runtime process relays the terminal, and window sizes reach it.
 	consoleSocket string
+	// exe, when set, is the file run instead of Args[0] (which stays the
+	// process's name): the OCI runtime's sealed copy.
+	exe string
 }
 
 // process is one process the host started.
@@ -159,6 +162,9 @@ func (t *procTable) start(req *agentapi.StartProcessRequest, hooks *procHooks) (
 	path, err := lookPath(req.Args[0], envValue(env, "PATH"))
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "%s: %v", req.Args[0], err)
+	}
+	if hooks != nil && hooks.exe != "" {
+		path = hooks.exe
 	}
 	cwd := req.Cwd
 	if cwd == "" {
