@@ -14,7 +14,7 @@ PROTOC_GEN_GO_VERSION    := v1.36.12
 PROTOC_GEN_TTRPC_VERSION := v1.2.10
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build agent initrd kernel guest installer-image kube test test-unit fuzz bench-vm bench bench-density soak demo generate clean
+.PHONY: help deps build agent initrd kernel guest installer-image kube test test-unit fuzz bench-vm bench bench-density soak demo generate clean gvisor
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,9 +72,12 @@ bench-vm: deps guest ## benchmark cold boot to agent-ready and host memory per i
 	$(GO) run ./hack/bench-vm -output $(OUT)
 
 BENCH_N ?= 20
-bench: deps guest build ## hyperlet (cold boot, template clone, warm pool) vs containerd+runc, same run; table + chart to docs/bench
+bench: deps guest build ## hyperlet (cold boot, template clone, warm pool) vs containerd+runc and containerd+gVisor, same run; table + chart to docs/bench
 	hack/registry.sh up >/dev/null
-	$(GO) run ./hack/bench -n $(BENCH_N) -out docs/bench
+	$(GO) run ./hack/bench -n $(BENCH_N) -gvisor "$$(hack/gvisor.sh | tail -1)" -out docs/bench
+
+gvisor: ## build gVisor's runsc and containerd shim from the gvisor.dev/gvisor Go module for the bench (cached per machine)
+	hack/gvisor.sh
 
 DENSITY ?= 200
 SOAK ?= 1h

@@ -47,11 +47,13 @@ func main() {
 		registry = flag.String("registry", "127.0.0.1:5050", "the local registry (hack/registry.sh)")
 		bin      = flag.String("hyperlet", "_output/hyperlet", "hyperlet binary")
 		accel    = flag.String("accel", "auto", "hyperlet's accelerator")
+		hyperctl = flag.String("hyperctl", "_output/hyperctl", "hyperctl binary, timed running `run --rm IMAGE echo hi` against every runtime")
+		gvisor   = flag.String("gvisor", "", "directory of gVisor's runsc and shim (hack/gvisor.sh): adds containerd+gVisor as a second peer")
 	)
 	flag.Parse()
 	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel}
 	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize,
-		burstN: *burstN, burstClients: *burstC}
+		burstN: *burstN, burstClients: *burstC, gvisor: *gvisor, hyperctl: abs(*hyperctl)}
 	// Interrupted, it still tears down what it started.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -86,6 +88,7 @@ type bench struct {
 	n, rateN, clients, pool int
 	burstN, burstClients    int
 	cniDir, logs            string
+	gvisor, hyperctl        string
 	endpoints               []*endpoint
 }
 
@@ -149,11 +152,16 @@ type series struct {
 }
 
 func (b *bench) run(ctx context.Context, out string) error {
-	ctrd, err := startContainerd(ctx, b.work, b.cniDir, b.registry)
+	ctrd, gv, err := startContainerd(ctx, b.work, b.cniDir, b.registry, b.gvisor)
 	if err != nil {
 		return err
 	}
 	b.endpoints = append(b.endpoints, ctrd)
+	peers := []*endpoint{ctrd}
+	if gv != nil {
+		b.endpoints = append(b.endpoints, gv)
+		peers = append(peers, gv)
+	}
 	modes := []hyperletMode{{name: "cold", templates: false}, {name: "template", templates: true}, {name: "pool", templates: true, pool: b.pool}}
 	hl := map[string]*endpoint{}
 	for _, m := range modes {
@@ -187,6 +195,9 @@ func (b *bench) run(ctx context.Context, out string) error {
 	// so slow drifts of the machine hit every runtime alike.
 	all := []*series{{label: "containerd+runc", e: ctrd}, {label: "hyperlet cold boot", e: hl["cold"]},
 		{label: "hyperlet template clone", e: hl["template"]}, {label: "hyperlet warm pool", e: hl["pool"]}}
+	if gv != nil {
+		all = append(all, &series{label: gv.name, e: gv})
+	}
 	fmt.Printf("pod start latency: %d sequential starts per runtime, interleaved\n", b.n)
 	for i := range b.n {
 		for _, s := range all {
@@ -206,6 +217,19 @@ func (b *bench) run(ctx context.Context, out string) error {
 		}
 		fmt.Printf("  round %d/%d done\n", i+1, b.n)
 	}
+	// A user's one-off command: hyperctl run --rm, a few times each,
+	// interleaved like the starts above.
+	fmt.Printf("hyperctl run --rm: %d runs per runtime, interleaved\n", hyperctlRuns)
+	oneOff := map[string][]time.Duration{}
+	for range hyperctlRuns {
+		for _, s := range all {
+			d, err := hyperctlRun(ctx, b.hyperctl, s.e)
+			if err != nil {
+				return err
+			}
+			oneOff[s.label] = append(oneOff[s.label], d)
+		}
+	}
 	ps := readVMStatus(ctx, hl["pool"]).Pool
 	poolInfo := fmt.Sprintf("%d hits, %d misses", ps.Hits, ps.Misses)
 
@@ -214,7 +238,7 @@ func (b *bench) run(ctx context.Context, out string) error {
 	mem := map[string]map[int]memSample{}
 	rates := map[string]float64{}
 	bulkTeardown := map[string]time.Duration{}
-	for _, e := range []*endpoint{ctrd, hl["template"], hl["cold"]} {
+	for _, e := range append(peers, hl["template"], hl["cold"]) {
 		mem[e.name] = map[int]memSample{}
 		var pods []*pod
 		for _, target := range []int{1, 10} {
@@ -278,6 +302,7 @@ func (b *bench) run(ctx context.Context, out string) error {
 
 	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
 		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,
+		gvisor: gvName(gv), oneOff: oneOff,
 		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20),
 		bursts: bursts, burstN: b.burstN, burstClients: b.burstClients}
 	table := r.markdown()
@@ -296,6 +321,16 @@ func (b *bench) run(ctx context.Context, out string) error {
 		fmt.Printf("\nwrote %s and %s\n", filepath.Join(out, "results.md"), filepath.Join(out, "latency.svg"))
 	}
 	return nil
+}
+
+// hyperctlRuns is how many times each runtime runs hyperctl's one-off command.
+const hyperctlRuns = 5
+
+func gvName(e *endpoint) string {
+	if e == nil {
+		return ""
+	}
+	return e.name
 }
 
 // settledPSS waits for idle pods to settle, then samples their PSS.

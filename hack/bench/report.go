@@ -36,6 +36,8 @@ type report struct {
 	bulkTeardown    map[string]time.Duration
 	daemons         map[string]float64
 	ctrd, tpl, cold string
+	gvisor          string                     // the second peer's name, "" without it
+	oneOff          map[string][]time.Duration // hyperctl run --rm, by series label
 	rateN, clients  int
 	poolInfo        string
 	poolSize        int
@@ -62,7 +64,11 @@ func ratio(a, b float64) string {
 func (r *report) markdown() string {
 	var b strings.Builder
 	e := r.env
-	fmt.Fprintf(&b, "# hyperlet vs containerd+runc\n\n")
+	if r.gvisor != "" {
+		fmt.Fprintf(&b, "# hyperlet vs containerd+runc and containerd+gVisor\n\n")
+	} else {
+		fmt.Fprintf(&b, "# hyperlet vs containerd+runc\n\n")
+	}
 	fmt.Fprintf(&b, "Measured %s on %s, **accelerator: %s**. Host kernel %s, %s CPUs, %s RAM. %s; %s; %s.\n\n",
 		e.when, e.host, strings.ToUpper(e.accel), e.kernel, e.cpus, e.mem, e.qemu, e.containerd, e.runc)
 	vc, vt := summarize(r.vmCold), summarize(r.vmClone)
@@ -75,7 +81,7 @@ func (r *report) markdown() string {
 	n := len(peer.starts)
 	fmt.Fprintf(&b, "## Pod start latency\n\nRunPodSandbox + CreateContainer + StartContainer (returns once the process runs), %d sequential starts per row, "+
 		"interleaved round-robin with containerd+runc; each pod is torn down before the next row's start. Milliseconds.\n\n", n)
-	fmt.Fprintf(&b, "| runtime | min | median | p95 | medians: RunPodSandbox / CreateContainer / StartContainer | hyperlet/containerd (median) |\n|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| runtime | min | median | p95 | medians: RunPodSandbox / CreateContainer / StartContainer | /containerd+runc (median) |\n|---|---:|---:|---:|---:|---:|\n")
 	ps := summarize(peer.starts)
 	for _, s := range r.series {
 		st, sb, sc, ss := summarize(s.starts), summarize(s.sandbox), summarize(s.create), summarize(s.start)
@@ -85,13 +91,18 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %s |\n", s.label, st.min, st.median, st.p95, sb.median, sc.median, ss.median, rat)
 	}
+	if g := r.seriesOf(r.gvisor); g != nil {
+		gs, pool := summarize(g.starts), summarize(r.series[3].starts)
+		fmt.Fprintf(&b, "\nhyperlet warm pool / %s (medians): **%s**; template clone / %s: %s.\n", r.gvisor, ratio(pool.median, gs.median),
+			r.gvisor, ratio(summarize(r.series[2].starts).median, gs.median))
+	}
 	cold, tpl := summarize(r.series[1].sandbox), summarize(r.series[2].sandbox)
 	coldAll, tplAll := summarize(r.series[1].starts), summarize(r.series[2].starts)
 	fmt.Fprintf(&b, "\nTemplate clone vs cold boot (medians): RunPodSandbox %s faster, whole pod start %s faster. Warm pool (size %d): %s.\n\n",
 		ratio(cold.median, tpl.median), ratio(coldAll.median, tplAll.median), r.poolSize, r.poolInfo)
 
 	fmt.Fprintf(&b, "## Teardown latency\n\nStopPodSandbox + RemovePodSandbox of one pod with one running container, milliseconds.\n\n")
-	fmt.Fprintf(&b, "| runtime | min | median | p95 | hyperlet/containerd (median) |\n|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| runtime | min | median | p95 | /containerd+runc (median) |\n|---|---:|---:|---:|---:|\n")
 	pt := summarize(peer.teardown)
 	for _, s := range r.series {
 		st := summarize(s.teardown)
@@ -102,9 +113,27 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %s |\n", s.label, st.min, st.median, st.p95, rat)
 	}
 
+	if len(r.oneOff) > 0 {
+		fmt.Fprintf(&b, "\n## A one-off command\n\n`hyperctl run --rm busybox echo hi` as a user runs it (hyperctl speaks plain CRI, so it drives every runtime): "+
+			"pod, container, output and teardown, %d runs per row, interleaved. Milliseconds.\n\n", len(r.oneOff[peer.label]))
+		fmt.Fprintf(&b, "| runtime | min | median | max | /containerd+runc (median) |\n|---|---:|---:|---:|---:|\n")
+		po := summarize(r.oneOff[peer.label])
+		for _, s := range r.series {
+			o := summarize(r.oneOff[s.label])
+			rat := "1 (peer)"
+			if s != peer {
+				rat = ratio(o.median, po.median)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %s |\n", s.label, o.min, o.median, o.max, rat)
+		}
+	}
+
 	fmt.Fprintf(&b, "\n## Creation rate\n\n%d pods (sandbox + one container each) started by %d concurrent clients.\n\n", r.rateN, r.clients)
-	fmt.Fprintf(&b, "| runtime | pods/s | teardown of all, s | hyperlet/containerd (pods/s) |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| runtime | pods/s | teardown of all, s | /containerd+runc (pods/s) |\n|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| %s | %.2f | %.1f | 1 (peer) |\n", r.ctrd, r.rates[r.ctrd], r.bulkTeardown[r.ctrd].Seconds())
+	if g := r.gvisor; g != "" {
+		fmt.Fprintf(&b, "| %s | %.2f | %.1f | %s |\n", g, r.rates[g], r.bulkTeardown[g].Seconds(), ratio(r.rates[g], r.rates[r.ctrd]))
+	}
 	fmt.Fprintf(&b, "| %s | %.2f | %.1f | %s |\n", r.tpl, r.rates[r.tpl], r.bulkTeardown[r.tpl].Seconds(), ratio(r.rates[r.tpl], r.rates[r.ctrd]))
 
 	if r.burstN > 0 {
@@ -117,32 +146,59 @@ func (r *report) markdown() string {
 	}
 
 	fmt.Fprintf(&b, "\n## Memory per idle pod\n\nHost PSS (shared pages divided among the processes mapping them) of all of a pod's processes, "+
-		"averaged over the pods, 10 s after the last start. containerd+runc: the pod's shim, pause and container processes; hyperlet: the pod's QEMU. MiB.\n\n")
-	fmt.Fprintf(&b, "| idle pods | %s | %s | of which TCG translation cache | %s | template/containerd |\n|---:|---:|---:|---:|---:|---:|\n", r.ctrd, r.tpl, r.cold)
+		"averaged over the pods, 10 s after the last start. containerd+runc: the pod's shim, pause and container processes; containerd+gVisor: the pod's shim and everything beneath it (gofer, sandbox, systrap stubs); hyperlet: the pod's QEMU. MiB.\n\n")
+	gh, gsep := "", ""
+	if r.gvisor != "" {
+		gh, gsep = " "+r.gvisor+" | template/gVisor |", "---:|---:|"
+	}
+	fmt.Fprintf(&b, "| idle pods | %s | %s | of which TCG translation cache | %s | template/containerd |%s\n|---:|---:|---:|---:|---:|---:|%s\n", r.ctrd, r.tpl, r.cold, gh, gsep)
 	for _, k := range []int{1, 10, r.rateN} {
 		c, t, cb := r.mem[r.ctrd][k], r.mem[r.tpl][k], r.mem[r.cold][k]
 		cbs := "-"
 		if cb.pss > 0 {
 			cbs = fmt.Sprintf("%.1f", cb.pss)
 		}
-		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %.1f | %s | %s |\n", k, c.pss, t.pss, t.tcg, cbs, ratio(t.pss, c.pss))
+		gcol := ""
+		if r.gvisor != "" {
+			g := r.mem[r.gvisor][k]
+			gcol = fmt.Sprintf(" %.1f | %s |", g.pss, ratio(t.pss, g.pss))
+		}
+		fmt.Fprintf(&b, "| %d | %.1f | %.1f | %.1f | %s | %s |%s\n", k, c.pss, t.pss, t.tcg, cbs, ratio(t.pss, c.pss), gcol)
 	}
 	fmt.Fprintf(&b, "\nThe translation cache (`vm.tcg_cache_mib`) exists only under TCG; with KVM a pod VM has none.\n")
 	fmt.Fprintf(&b, "\n## Host CPU per idle pod\n\nutime + stime of all of a pod's processes over 10 s, right after the memory sample, in %% of one host CPU per pod.\n\n")
-	fmt.Fprintf(&b, "| idle pods | %s | %s | %s |\n|---:|---:|---:|---:|\n", r.ctrd, r.tpl, r.cold)
+	gh, gsep = "", ""
+	if r.gvisor != "" {
+		gh, gsep = " "+r.gvisor+" |", "---:|"
+	}
+	fmt.Fprintf(&b, "| idle pods | %s | %s | %s |%s\n|---:|---:|---:|---:|%s\n", r.ctrd, r.tpl, r.cold, gh, gsep)
 	for _, k := range []int{1, 10, r.rateN} {
 		c, t, cb := r.mem[r.ctrd][k], r.mem[r.tpl][k], r.mem[r.cold][k]
 		cbs := "-"
 		if cb.pss > 0 {
 			cbs = fmt.Sprintf("%.2f", cb.cpu)
 		}
-		fmt.Fprintf(&b, "| %d | %.2f | %.2f | %s |\n", k, c.cpu, t.cpu, cbs)
+		gcol := ""
+		if r.gvisor != "" {
+			gcol = fmt.Sprintf(" %.2f |", r.mem[r.gvisor][k].cpu)
+		}
+		fmt.Fprintf(&b, "| %d | %.2f | %.2f | %s |%s\n", k, c.cpu, t.cpu, cbs, gcol)
 	}
 	fmt.Fprintf(&b, "\nNot in the per-pod figures: the runtime daemons (%s %.1f MiB, %s %.1f MiB PSS) and the template RAM files hyperlet keeps on tmpfs "+
 		"(%.1f MiB resident, once per node and VM size; the pages clones map are in their PSS).\n",
 		r.ctrd, r.daemons[r.ctrd], r.tpl, r.daemons[r.tpl], r.templateMiB)
 	fmt.Fprintf(&b, "\nChart: [latency.svg](latency.svg). Reproduce: `make bench` (see docs/performance.md).\n")
 	return b.String()
+}
+
+// seriesOf is the latency series of the named runtime, nil if none.
+func (r *report) seriesOf(name string) *series {
+	for _, s := range r.series {
+		if name != "" && s.label == name {
+			return s
+		}
+	}
+	return nil
 }
 
 // svg draws each series' pod start latencies as dots on a log-scale axis,

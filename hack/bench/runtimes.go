@@ -25,13 +25,14 @@ import (
 // endpoint is one CRI runtime under test: a daemon this program started,
 // with its own state directories and socket.
 type endpoint struct {
-	name   string // row label
-	socket string
-	cmd    *exec.Cmd
-	log    *os.File
-	rs     runtimeapi.RuntimeServiceClient
-	is     runtimeapi.ImageServiceClient
-	conn   *grpc.ClientConn
+	name    string // row label
+	socket  string
+	handler string // the CRI runtime handler its pods ask for ("" = default)
+	cmd     *exec.Cmd
+	log     *os.File
+	rs      runtimeapi.RuntimeServiceClient
+	is      runtimeapi.ImageServiceClient
+	conn    *grpc.ClientConn
 	// podPIDs returns the host processes of a pod (for PSS).
 	podPIDs func(ctx context.Context, podID string) ([]int, error)
 	// cleanup removes what the daemon left (after stop).
@@ -236,24 +237,36 @@ func (e *endpoint) waitWarm(ctx context.Context, m hyperletMode) error {
 
 // startContainerd runs Debian's containerd 1.6 with its CRI plugin and runc,
 // in its own root, state and socket, on the same CNI network and registry.
-func startContainerd(ctx context.Context, work, cniDir, registry string) (*endpoint, error) {
+// With gvisorDir (hack/gvisor.sh's binaries) it also serves gVisor's runsc
+// (systrap platform) as the handler "runsc", returned as a second endpoint
+// on the same daemon; else that endpoint is nil.
+func startContainerd(ctx context.Context, work, cniDir, registry, gvisorDir string) (*endpoint, *endpoint, error) {
 	dir := filepath.Join(work, "containerd")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bin, err := exec.LookPath("containerd")
 	if err != nil {
-		return nil, fmt.Errorf("containerd (Debian package containerd): %w", err)
+		return nil, nil, fmt.Errorf("containerd (Debian package containerd): %w", err)
 	}
 	conf := testcontainerd.Config{Dir: dir, SandboxImage: pauseImage, CNIConfDir: cniDir, Mirrors: map[string]string{"docker.io": registry}}
+	if gvisorDir != "" {
+		conf.GVisorShim = filepath.Join(gvisorDir, "containerd-shim-runsc-v1")
+		conf.GVisorConfig = filepath.Join(dir, "runsc.toml")
+		runsc := fmt.Sprintf("binary_name = %q\nroot = %q\n[runsc_config]\n  platform = \"systrap\"\n",
+			filepath.Join(gvisorDir, "runsc"), filepath.Join(dir, "runsc"))
+		if err := os.WriteFile(conf.GVisorConfig, []byte(runsc), 0o644); err != nil {
+			return nil, nil, err
+		}
+	}
 	confPath, err := conf.Write()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sock := conf.Socket()
 	e := &endpoint{name: "containerd+runc", socket: sock}
 	if err := startDaemon(e, dir, bin, "--config", confPath); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e.podPIDs = func(ctx context.Context, id string) ([]int, error) {
 		// The pod's shim (one per sandbox) and everything under it: the
@@ -268,12 +281,25 @@ func startContainerd(ctx context.Context, work, cniDir, registry string) (*endpo
 		for _, pid := range processesMatching(filepath.Join(dir, "containerd.sock")) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+		if gvisorDir != "" {
+			// A runsc sandbox outlives a killed shim: its gofer and
+			// sandbox processes name their root directory.
+			for _, pid := range processesMatching(filepath.Join(dir, "runsc")) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 	}
 	if err := e.connect(ctx); err != nil {
 		e.stop()
-		return nil, err
+		return nil, nil, err
 	}
-	return e, nil
+	if gvisorDir == "" {
+		return e, nil, nil
+	}
+	// The same daemon and connection; only the handler differs. Its shim
+	// runs the gofer, the sandbox and the systrap stubs beneath it.
+	g := &endpoint{name: "containerd+gVisor", socket: sock, handler: "runsc", rs: e.rs, is: e.is, podPIDs: e.podPIDs}
+	return e, g, nil
 }
 
 // processesMatching lists processes whose command line contains s.

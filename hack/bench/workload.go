@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -46,7 +47,7 @@ func podConfig(logRoot string) *runtimeapi.PodSandboxConfig {
 func startPod(ctx context.Context, e *endpoint, logRoot string) (*pod, error) {
 	p := &pod{cfg: podConfig(logRoot)}
 	t0 := time.Now()
-	r, err := e.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: p.cfg})
+	r, err := e.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: p.cfg, RuntimeHandler: e.handler})
 	if err != nil {
 		return nil, fmt.Errorf("%s: RunPodSandbox: %w", e.name, err)
 	}
@@ -271,4 +272,23 @@ func summarize(ds []time.Duration) stats {
 		return v[max(0, min(i, len(v)-1))]
 	}
 	return stats{n: len(v), min: v[0], median: rank(0.5), p95: rank(0.95), max: v[len(v)-1], all: v}
+}
+
+// hyperctlRun times `hyperctl run --rm IMAGE echo hi` against e: what a user
+// waits for a one-off command, pod and container creation, the run, the
+// output and the teardown included. hyperctl speaks plain CRI, so it drives
+// every runtime alike.
+func hyperctlRun(ctx context.Context, hyperctl string, e *endpoint) (time.Duration, error) {
+	args := []string{"--endpoint", e.socket, "run", "--rm"}
+	if e.handler != "" {
+		args = append(args, "-runtime", e.handler)
+	}
+	args = append(args, busyboxImage, "echo", "hi")
+	t0 := time.Now()
+	out, err := exec.CommandContext(ctx, hyperctl, args...).CombinedOutput()
+	d := time.Since(t0)
+	if err != nil || strings.TrimSpace(string(out)) != "hi" {
+		return 0, fmt.Errorf("%s: hyperctl %s: %v: %q", e.name, strings.Join(args, " "), err, out)
+	}
+	return d, nil
 }

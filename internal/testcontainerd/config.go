@@ -20,6 +20,9 @@ type Config struct {
 	SandboxImage string            // the pause image
 	CNIConfDir   string            // its pod network
 	Mirrors      map[string]string // registry host -> mirror host:port (plain HTTP)
+	// GVisorShim, when set, adds the runtime handler "runsc": gVisor's shim
+	// (hack/gvisor.sh) with the runsc configuration file at GVisorConfig.
+	GVisorShim, GVisorConfig string
 }
 
 // Socket is its CRI socket.
@@ -66,6 +69,14 @@ state = %[2]q
     max_conf_num = 1
 `, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Socket(), c.Socket()+".ttrpc", filepath.Join(c.Dir, "opt"),
 		cri, c.SandboxImage, !hasCapability(24), runc, filepath.Join(c.Dir, "runc"), c.CNIConfDir)
+	if c.GVisorShim != "" {
+		fmt.Fprintf(&b, `    [%[1]s.containerd.runtimes.runsc]
+      runtime_type = %[2]q
+      [%[1]s.containerd.runtimes.runsc.options]
+        TypeUrl = "io.containerd.runsc.v1.options"
+        ConfigPath = %[3]q
+`, cri, c.GVisorShim, c.GVisorConfig)
+	}
 	hosts := make([]string, 0, len(c.Mirrors))
 	for h := range c.Mirrors {
 		hosts = append(hosts, h)
