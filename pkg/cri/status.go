@@ -32,10 +32,10 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{runtime, network}},
 		// The default and the named VM handlers run pods in VMs; host
 		// handlers on the host.
-		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{Name: "", Features: &runtimeapi.RuntimeHandlerFeatures{}}},
+		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{Name: "", Features: vmFeatures()}},
 	}
 	for _, h := range s.handlers {
-		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h, Features: &runtimeapi.RuntimeHandlerFeatures{}})
+		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h, Features: vmFeatures()})
 	}
 	if s.host != nil {
 		for _, h := range s.host.Handlers() {
@@ -51,4 +51,10 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		}
 	}
 	return resp, nil
+}
+
+// vmFeatures are what a VM handler offers: recursive read-only volumes,
+// enforced by the host on the volume's whole mount tree.
+func vmFeatures() *runtimeapi.RuntimeHandlerFeatures {
+	return &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: true}
 }

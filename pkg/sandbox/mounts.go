@@ -91,8 +91,12 @@ func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.M
 		if m.Image != nil {
 			return nil, fmt.Errorf("%w: image volumes", ErrUnimplemented)
 		}
-		if m.RecursiveReadOnly {
-			return nil, fmt.Errorf("%w: recursive read-only mounts", ErrUnimplemented)
+		if m.RecursiveReadOnly && !m.Readonly {
+			return nil, fmt.Errorf("%w: mount %q: recursive read-only needs readonly", ErrInvalid, m.ContainerPath)
+		}
+		if m.RecursiveReadOnly && m.Propagation != runtime.MountPropagation_PROPAGATION_PRIVATE {
+			// A mount propagated in later could not be made read-only.
+			return nil, fmt.Errorf("%w: mount %q: recursive read-only needs private propagation, not %v", ErrInvalid, m.ContainerPath, m.Propagation)
 		}
 		if !filepath.IsAbs(m.ContainerPath) || !filepath.IsAbs(m.HostPath) {
 			return nil, fmt.Errorf("%w: mount %q -> %q: paths must be absolute", ErrInvalid, m.HostPath, m.ContainerPath)
@@ -112,9 +116,8 @@ func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.M
 		if err := mountVolume(root, name, usernsFD, m, st.IsDir()); err != nil {
 			return nil, fmt.Errorf("mount %s: %w", m.HostPath, err)
 		}
-		// Read-only is enforced by the host mount, which covers the top
-		// mount only (CRI's non-recursive read-only): submounts stay
-		// writable. The guest cannot tell them apart over 9p.
+		// Read-only is enforced by the host mount (see mountVolume); the
+		// guest cannot tell submounts apart over 9p.
 		opts := []string{"rbind", "rw"}
 		out = append(out, specs.Mount{
 			Destination: m.ContainerPath, Type: "bind",
@@ -142,7 +145,15 @@ func mountVolume(root int, name string, usernsFD int, m *runtime.Mount, dir bool
 		}
 	}
 	if m.Readonly {
-		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		// CRI's read-only covers the top mount only, and its submounts
+		// stay writable; recursive read-only covers them all. Either way
+		// the host enforces it: the guest's writes fail in QEMU's file
+		// server, whatever the guest kernel does.
+		flags := uint(unix.AT_EMPTY_PATH)
+		if m.RecursiveReadOnly {
+			flags |= unix.AT_RECURSIVE
+		}
+		if err := unix.MountSetattr(tree, "", flags, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
 			return fmt.Errorf("make read-only: %w", err)
 		}
 	}

@@ -664,6 +664,7 @@ func TestCRIVolumes(t *testing.T) {
 		{ContainerPath: "/data/ro", HostPath: ro, Readonly: true, SelinuxRelabel: true},
 		{ContainerPath: "/etc/hosts", HostPath: hostsFile},
 		{ContainerPath: "/data/new", HostPath: filepath.Join(host, "created", "by", "runtime")},
+		{ContainerPath: "/data/rro", HostPath: ro, Readonly: true, RecursiveReadOnly: true},
 	}
 	cid := d.createStart(ctx, pod, podCfg, cfg)
 
@@ -683,6 +684,30 @@ func TestCRIVolumes(t *testing.T) {
 	}
 	if r, err := d.exec(ctx, cid, 0, "sh", "-c", "echo y > /data/ro/inner/f"); err != nil || r.ExitCode != 0 {
 		t.Errorf("write to a mount inside a read-only volume: %v %v", r, err)
+	}
+	// Recursive read-only covers the mount inside the volume too.
+	r, err = d.exec(ctx, cid, 0, "sh", "-c", "cat /data/rro/data && echo z > /data/rro/inner/g")
+	if err != nil || r.ExitCode == 0 || !strings.Contains(string(r.Stdout), "read-only data") || !strings.Contains(string(r.Stderr), "Read-only file system") {
+		t.Errorf("recursive read-only volume: %v %v stdout %q stderr %q", r, err, r.GetStdout(), r.GetStderr())
+	}
+	st, err := d.rs.Status(ctx, &runtimeapi.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range st.RuntimeHandlers {
+		if h.Name == "" && !h.GetFeatures().GetRecursiveReadOnlyMounts() {
+			t.Errorf("the VM handler does not advertise recursive read-only mounts: %v", h)
+		}
+	}
+	for _, bad := range []*runtimeapi.Mount{
+		{ContainerPath: "/x", HostPath: ro, RecursiveReadOnly: true},
+		{ContainerPath: "/x", HostPath: ro, Readonly: true, RecursiveReadOnly: true, Propagation: runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL},
+		{ContainerPath: "/x", HostPath: ro, Readonly: true, RecursiveReadOnly: true, Propagation: runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER},
+	} {
+		c := ctrConfig("badrro", "true")
+		c.Mounts = []*runtimeapi.Mount{bad}
+		_, err := d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: c, SandboxConfig: podCfg})
+		wantCode(t, fmt.Sprintf("recursive read-only mount %+v", bad), err, codes.InvalidArgument)
 	}
 	image := ctrConfig("imagevol", "true")
 	image.Mounts = []*runtimeapi.Mount{{ContainerPath: "/img", Image: &runtimeapi.ImageSpec{Image: testImage}}}
