@@ -124,12 +124,20 @@ func bundleDir(id string) string { return filepath.Join(containersDir, id) }
 func cgroupDir(id string) string { return filepath.Join(cgroupRoot, cgroupParent, id) }
 
 // create builds the container's bundle: overlay rootfs and config.json.
-func (c *containers) create(req *agentapi.CreateContainerRequest) (retErr error) {
+// It returns the user the container's process runs as.
+func (c *containers) create(req *agentapi.CreateContainerRequest) (specs.User, error) {
+	var spec specs.Spec
+	if err := c.createSpec(req, &spec); err != nil {
+		return specs.User{}, err
+	}
+	return spec.Process.User, nil
+}
+
+func (c *containers) createSpec(req *agentapi.CreateContainerRequest, spec *specs.Spec) (retErr error) {
 	if err := validID(req.Id); err != nil {
 		return err
 	}
-	var spec specs.Spec
-	if err := json.Unmarshal(req.Spec, &spec); err != nil {
+	if err := json.Unmarshal(req.Spec, spec); err != nil {
 		return status.Errorf(codes.InvalidArgument, "decode spec: %v", err)
 	}
 	if spec.Process == nil || spec.Linux == nil {
@@ -166,7 +174,7 @@ func (c *containers) create(req *agentapi.CreateContainerRequest) (retErr error)
 	if err := prepareCgroup(req.Id); err != nil {
 		return status.Errorf(codes.Internal, "cgroup: %v", err)
 	}
-	if err := resolveUser(&spec, lower, req.User); err != nil {
+	if err := resolveUser(spec, lower, req.User, req.StrictGroups); err != nil {
 		return err
 	}
 	spec.Root = &specs.Root{Path: "rootfs", Readonly: spec.Root != nil && spec.Root.Readonly}
@@ -179,7 +187,7 @@ func (c *containers) create(req *agentapi.CreateContainerRequest) (retErr error)
 			spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/pid", c.pausePID)
 		}
 	}
-	b, err := json.Marshal(&spec)
+	b, err := json.Marshal(spec)
 	if err != nil {
 		return status.Errorf(codes.Internal, "encode spec: %v", err)
 	}
@@ -400,8 +408,9 @@ func readPID(file string) (int, error) {
 
 // resolveUser sets process.user from "user[:group]" looked up in the image's
 // /etc/passwd and /etc/group, read through an os.Root so that symlinks in
-// the image cannot point the lookup at guest files.
-func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
+// the image cannot point the lookup at guest files. strict leaves out the
+// user's groups from /etc/group (SupplementalGroupsPolicy Strict).
+func resolveUser(spec *specs.Spec, imageRoot, userSpec string, strict bool) error {
 	if userSpec == "" {
 		userSpec = "0"
 	}
@@ -417,7 +426,9 @@ func resolveUser(spec *specs.Spec, imageRoot, userSpec string) error {
 	}
 	// An explicit group does not drop the user's groups from /etc/group
 	// (Kubernetes' default Merge policy): look them up by user alone.
-	if name, _, ok := strings.Cut(userSpec, ":"); ok {
+	if strict {
+		u.Sgids = nil
+	} else if name, _, ok := strings.Cut(userSpec, ":"); ok {
 		if alone, err := user.GetExecUser(name, &user.ExecUser{}, passwd(), group()); err == nil {
 			u.Sgids = append(u.Sgids, alone.Sgids...)
 		}

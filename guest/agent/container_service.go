@@ -23,8 +23,12 @@ func (s *service) MountImage(ctx context.Context, req *agentapi.MountImageReques
 	return &agentapi.Empty{}, s.ctrs.mountImage(req)
 }
 
-func (s *service) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (*agentapi.Empty, error) {
-	return &agentapi.Empty{}, s.ctrs.create(req)
+func (s *service) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (*agentapi.CreateContainerResponse, error) {
+	u, err := s.ctrs.create(req)
+	if err != nil {
+		return nil, err
+	}
+	return &agentapi.CreateContainerResponse{Uid: u.UID, Gid: u.GID, AdditionalGids: u.AdditionalGids}, nil
 }
 
 func (s *service) StartContainer(ctx context.Context, req *agentapi.StartContainerRequest) (*agentapi.StartProcessResponse, error) {

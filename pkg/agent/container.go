@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/grpc/codes"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
@@ -32,15 +33,38 @@ func (c *Client) MountImage(ctx context.Context, imageID string, target, lun uin
 	return err
 }
 
+// ContainerCreate is what CreateContainer asks of the guest.
+type ContainerCreate struct {
+	ID, ImageID string
+	// User is "user[:group]", resolved against the image; StrictGroups
+	// leaves out the groups the image's /etc/group gives that user.
+	User         string
+	StrictGroups bool
+	Spec         *specs.Spec
+}
+
+// maxGroups bounds the groups a guest may report for a container (Linux's
+// NGROUPS_MAX).
+const maxGroups = 65536
+
 // CreateContainer prepares a container from a mounted image and an OCI spec.
-func (c *Client) CreateContainer(ctx context.Context, id, imageID, user string, spec *specs.Spec) error {
-	b, err := json.Marshal(spec)
+// It returns the identity its process runs with, as the guest resolved it.
+func (c *Client) CreateContainer(ctx context.Context, r ContainerCreate) (specs.User, error) {
+	b, err := json.Marshal(r.Spec)
 	if err != nil {
-		return fmt.Errorf("encode spec: %w", err)
+		return specs.User{}, fmt.Errorf("encode spec: %w", err)
 	}
 	svc, _ := c.service()
-	_, err = svc.CreateContainer(ctx, &agentapi.CreateContainerRequest{Id: id, ImageId: imageID, Spec: b, User: user})
-	return wrap("create container", err)
+	resp, err := svc.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+		Id: r.ID, ImageId: r.ImageID, Spec: b, User: r.User, StrictGroups: r.StrictGroups,
+	})
+	if err != nil {
+		return specs.User{}, wrap("create container", err)
+	}
+	if len(resp.AdditionalGids) > maxGroups {
+		return specs.User{}, &GuestError{Op: "create container", Code: codes.Internal, Message: fmt.Sprintf("reported %d groups", len(resp.AdditionalGids))}
+	}
+	return specs.User{UID: resp.Uid, GID: resp.Gid, AdditionalGids: resp.AdditionalGids}, nil
 }
 
 // StartContainer starts a created container; its process has the

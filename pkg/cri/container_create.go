@@ -26,6 +26,9 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 // createHostContainer creates a container of a host pod in containerd,
 // with the image pulled through hyperlet made available there first.
 func (s *Service) createHostContainer(ctx context.Context, r *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	if r.Config.GetLinux().GetSecurityContext().GetSupplementalGroupsPolicy() == runtimeapi.SupplementalGroupsPolicy_Strict {
+		return nil, fmt.Errorf("%w: SupplementalGroupsPolicy Strict is not offered for host pods", errInvalid)
+	}
 	ref := r.Config.GetImage().GetImage()
 	refs := []string{ref}
 	if s.images != nil {

@@ -48,6 +48,13 @@ func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 		Mounts:      cfg.GetMounts(),
 		LogPath:     st.LogPath,
 	}
+	if u := st.User; u != nil {
+		lu := &runtimeapi.LinuxContainerUser{Uid: int64(u.UID), Gid: int64(u.GID)}
+		for _, g := range u.AdditionalGids {
+			lu.SupplementalGroups = append(lu.SupplementalGroups, int64(g))
+		}
+		out.User = &runtimeapi.ContainerUser{Linux: lu}
+	}
 	if r := cfg.GetLinux().GetResources(); r != nil {
 		out.Resources = &runtimeapi.ContainerResources{Linux: r}
 	}

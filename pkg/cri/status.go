@@ -33,6 +33,10 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		// The default and the named VM handlers run pods in VMs; host
 		// handlers on the host.
 		RuntimeHandlers: []*runtimeapi.RuntimeHandler{{Name: "", Features: vmFeatures()}},
+		// The guest agent resolves groups against the image itself, so
+		// both policies hold (host pods' containerd cannot: there Strict
+		// is refused).
+		Features: &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true},
 	}
 	for _, h := range s.handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{Name: h, Features: vmFeatures()})

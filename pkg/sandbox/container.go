@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -29,6 +30,9 @@ type containerRecord struct {
 	Reason     string                 `json:"reason,omitempty"`
 	Message    string                 `json:"message,omitempty"`
 	Pid        uint32                 `json:"pid,omitempty"`
+	// User is the identity the container's process runs with, as the
+	// guest resolved it against the image (reported, never acted on).
+	User *specs.User `json:"user,omitempty"`
 	// Intent is set while a step whose effect in the guest outlives a
 	// daemon crash is under way (IntentCreate, IntentStart); a restarted
 	// daemon finishes or undoes the step from it.

@@ -11,6 +11,7 @@ import (
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/failpoint"
 	"github.com/hyperlet/hyperlet/pkg/oci"
 )
@@ -143,9 +144,14 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			cancel()
 		}
 	}()
-	if err := client.CreateContainer(ctx, id, agentImageID(imageID), user, spec); err != nil {
+	u, err := client.CreateContainer(ctx, agent.ContainerCreate{
+		ID: id, ImageID: agentImageID(imageID), User: user, Spec: spec,
+		StrictGroups: cfg.GetLinux().GetSecurityContext().GetSupplementalGroupsPolicy() == runtime.SupplementalGroupsPolicy_Strict,
+	})
+	if err != nil {
 		return nil, err
 	}
+	c.rec.User = &u
 	if err := failpoint.Hit("create-container:before-record"); err != nil {
 		return nil, err
 	}

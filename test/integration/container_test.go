@@ -74,7 +74,7 @@ func createContainer(t *testing.T, ctx context.Context, v *testVM, id string, cf
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.client.CreateContainer(ctx, id, "img", user, spec); err != nil {
+	if _, err := v.client.CreateContainer(ctx, agent.ContainerCreate{ID: id, ImageID: "img", User: user, Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
 }

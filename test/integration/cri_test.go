@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"k8s.io/client-go/tools/remotecommand"
@@ -767,6 +768,38 @@ func TestCRISecurityAndResources(t *testing.T) {
 	for _, want := range []string{"sleep", "uid=1000(app) gid=3000 groups=2000(extra),3000,4000", "Read-only file system", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("locked container lacks %q:\n%s", want, out)
+		}
+	}
+
+	// SupplementalGroupsPolicy: Merge (above) adds the image's groups for
+	// the user; Strict does not. Status reports the identity either way.
+	if st, err := d.rs.Status(ctx, &runtimeapi.StatusRequest{}); err != nil || !st.GetFeatures().GetSupplementalGroupsPolicy() {
+		t.Errorf("Status does not advertise SupplementalGroupsPolicy: %v %v", st, err)
+	}
+	strict := ctrConfig("strict", "sleep", "1000")
+	strict.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		RunAsUser:                &runtimeapi.Int64Value{Value: 1000},
+		SupplementalGroups:       []int64{4000},
+		SupplementalGroupsPolicy: runtimeapi.SupplementalGroupsPolicy_Strict,
+	}}
+	sid := d.createStart(ctx, pod, podCfg, strict)
+	if r, err := d.exec(ctx, sid, 0, "id", "-G"); err != nil || string(r.Stdout) != "1000 4000\n" {
+		t.Errorf("strict groups: %q %v", r.GetStdout(), err)
+	}
+	for _, tc := range []struct {
+		id   string
+		want *runtimeapi.LinuxContainerUser
+	}{
+		{lid, &runtimeapi.LinuxContainerUser{Uid: 1000, Gid: 3000, SupplementalGroups: []int64{2000, 3000, 4000}}},
+		{sid, &runtimeapi.LinuxContainerUser{Uid: 1000, Gid: 1000, SupplementalGroups: []int64{1000, 4000}}},
+		{sleeper, &runtimeapi.LinuxContainerUser{Uid: 0, Gid: 0, SupplementalGroups: []int64{0}}},
+	} {
+		got := d.status(ctx, tc.id).GetUser().GetLinux()
+		if got != nil {
+			slices.Sort(got.SupplementalGroups)
+		}
+		if !proto.Equal(got, tc.want) {
+			t.Errorf("container %s: status user %v, want %v", tc.id, got, tc.want)
 		}
 	}
 

@@ -1367,7 +1367,11 @@ type CreateContainerRequest struct {
 	// user is "user[:group]" (names or IDs), resolved against the image's
 	// /etc/passwd and /etc/group into process.user; the spec's
 	// additionalGids are kept. Empty means root.
-	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	User string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	// strict_groups leaves out the groups /etc/group gives the user
+	// (SupplementalGroupsPolicy Strict): only the primary group and the
+	// spec's additionalGids apply.
+	StrictGroups  bool `protobuf:"varint,5,opt,name=strict_groups,json=strictGroups,proto3" json:"strict_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1430,6 +1434,75 @@ func (x *CreateContainerRequest) GetUser() string {
 	return ""
 }
 
+func (x *CreateContainerRequest) GetStrictGroups() bool {
+	if x != nil {
+		return x.StrictGroups
+	}
+	return false
+}
+
+// CreateContainerResponse is the identity the container's process runs
+// with, as resolved against the image.
+type CreateContainerResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Uid            uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid            uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	AdditionalGids []uint32               `protobuf:"varint,3,rep,packed,name=additional_gids,json=additionalGids,proto3" json:"additional_gids,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CreateContainerResponse) Reset() {
+	*x = CreateContainerResponse{}
+	mi := &file_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateContainerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateContainerResponse) ProtoMessage() {}
+
+func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
+func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CreateContainerResponse) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetAdditionalGids() []uint32 {
+	if x != nil {
+		return x.AdditionalGids
+	}
+	return nil
+}
+
 type StartContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1442,7 +1515,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1527,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1540,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartContainerRequest) GetId() string {
@@ -1515,7 +1588,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1600,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1613,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1596,7 +1669,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1681,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1694,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateContainerRequest) GetId() string {
@@ -1647,7 +1720,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1732,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1745,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveContainerRequest) GetId() string {
@@ -1691,7 +1764,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1776,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1789,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ContainerStatsRequest) GetId() string {
@@ -1744,7 +1817,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1829,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1842,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ContainerStatsResponse) GetCpuUsageNano() uint64 {
@@ -1852,7 +1925,7 @@ type OpenPortRequest struct {
 
 func (x *OpenPortRequest) Reset() {
 	*x = OpenPortRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +1937,7 @@ func (x *OpenPortRequest) String() string {
 func (*OpenPortRequest) ProtoMessage() {}
 
 func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +1950,7 @@ func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPortRequest.ProtoReflect.Descriptor instead.
 func (*OpenPortRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *OpenPortRequest) GetId() string {
@@ -1989,12 +2062,17 @@ const file_agent_proto_rawDesc = "" +
 	"\vscsi_target\x18\x02 \x01(\rR\n" +
 	"scsiTarget\x12\x19\n" +
 	"\bscsi_lun\x18\x03 \x01(\rR\ascsiLun\x12\x16\n" +
-	"\x06fstype\x18\x04 \x01(\tR\x06fstype\"k\n" +
+	"\x06fstype\x18\x04 \x01(\tR\x06fstype\"\x90\x01\n" +
 	"\x16CreateContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12\x12\n" +
 	"\x04spec\x18\x03 \x01(\fR\x04spec\x12\x12\n" +
-	"\x04user\x18\x04 \x01(\tR\x04user\"e\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12#\n" +
+	"\rstrict_groups\x18\x05 \x01(\bR\fstrictGroups\"f\n" +
+	"\x17CreateContainerResponse\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +
+	"\x0fadditional_gids\x18\x03 \x03(\rR\x0eadditionalGids\"e\n" +
 	"\x15StartContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05stdin\x18\x02 \x01(\bR\x05stdin\x12\x12\n" +
@@ -2034,7 +2112,7 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\x97\x0e\n" +
+	"\x06STDERR\x10\x012\xa9\x0e\n" +
 	"\x05Agent\x12P\n" +
 	"\aVersion\x12!.hyperlet.agent.v1.VersionRequest\x1a\".hyperlet.agent.v1.VersionResponse\x12_\n" +
 	"\fStartProcess\x12&.hyperlet.agent.v1.StartProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12Y\n" +
@@ -2054,8 +2132,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bShutdown\x12\".hyperlet.agent.v1.ShutdownRequest\x1a\x18.hyperlet.agent.v1.Empty\x12H\n" +
 	"\bSetupPod\x12\".hyperlet.agent.v1.SetupPodRequest\x1a\x18.hyperlet.agent.v1.Empty\x12L\n" +
 	"\n" +
-	"MountImage\x12$.hyperlet.agent.v1.MountImageRequest\x1a\x18.hyperlet.agent.v1.Empty\x12V\n" +
-	"\x0fCreateContainer\x12).hyperlet.agent.v1.CreateContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12c\n" +
+	"MountImage\x12$.hyperlet.agent.v1.MountImageRequest\x1a\x18.hyperlet.agent.v1.Empty\x12h\n" +
+	"\x0fCreateContainer\x12).hyperlet.agent.v1.CreateContainerRequest\x1a*.hyperlet.agent.v1.CreateContainerResponse\x12c\n" +
 	"\x0eStartContainer\x12(.hyperlet.agent.v1.StartContainerRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12]\n" +
 	"\vExecProcess\x12%.hyperlet.agent.v1.ExecProcessRequest\x1a'.hyperlet.agent.v1.StartProcessResponse\x12V\n" +
 	"\x0fUpdateContainer\x12).hyperlet.agent.v1.UpdateContainerRequest\x1a\x18.hyperlet.agent.v1.Empty\x12V\n" +
@@ -2076,7 +2154,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -2102,18 +2180,19 @@ var file_agent_proto_goTypes = []any{
 	(*Route)(nil),                   // 21: hyperlet.agent.v1.Route
 	(*MountImageRequest)(nil),       // 22: hyperlet.agent.v1.MountImageRequest
 	(*CreateContainerRequest)(nil),  // 23: hyperlet.agent.v1.CreateContainerRequest
-	(*StartContainerRequest)(nil),   // 24: hyperlet.agent.v1.StartContainerRequest
-	(*ExecProcessRequest)(nil),      // 25: hyperlet.agent.v1.ExecProcessRequest
-	(*UpdateContainerRequest)(nil),  // 26: hyperlet.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),  // 27: hyperlet.agent.v1.RemoveContainerRequest
-	(*ContainerStatsRequest)(nil),   // 28: hyperlet.agent.v1.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),  // 29: hyperlet.agent.v1.ContainerStatsResponse
-	(*OpenPortRequest)(nil),         // 30: hyperlet.agent.v1.OpenPortRequest
-	nil,                             // 31: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	(*CreateContainerResponse)(nil), // 24: hyperlet.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 25: hyperlet.agent.v1.StartContainerRequest
+	(*ExecProcessRequest)(nil),      // 26: hyperlet.agent.v1.ExecProcessRequest
+	(*UpdateContainerRequest)(nil),  // 27: hyperlet.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),  // 28: hyperlet.agent.v1.RemoveContainerRequest
+	(*ContainerStatsRequest)(nil),   // 29: hyperlet.agent.v1.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),  // 30: hyperlet.agent.v1.ContainerStatsResponse
+	(*OpenPortRequest)(nil),         // 31: hyperlet.agent.v1.OpenPortRequest
+	nil,                             // 32: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	31, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	32, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 	20, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
 	21, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
 	2,  // 4: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
@@ -2131,12 +2210,12 @@ var file_agent_proto_depIdxs = []int32{
 	19, // 16: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
 	22, // 17: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
 	23, // 18: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
-	24, // 19: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
-	25, // 20: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
-	26, // 21: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
-	27, // 22: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
-	28, // 23: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
-	30, // 24: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
+	25, // 19: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
+	26, // 20: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
+	27, // 21: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
+	28, // 22: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
+	29, // 23: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
+	31, // 24: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
 	3,  // 25: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
 	5,  // 26: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
 	7,  // 27: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
@@ -2151,12 +2230,12 @@ var file_agent_proto_depIdxs = []int32{
 	1,  // 36: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
 	1,  // 37: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
 	1,  // 38: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
-	1,  // 39: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.Empty
+	24, // 39: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.CreateContainerResponse
 	5,  // 40: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
 	5,  // 41: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
 	1,  // 42: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
 	1,  // 43: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
-	29, // 44: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	30, // 44: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
 	1,  // 45: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
 	25, // [25:46] is the sub-list for method output_type
 	4,  // [4:25] is the sub-list for method input_type
@@ -2176,7 +2255,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,7 +22,7 @@ type AgentService interface {
 	Shutdown(context.Context, *ShutdownRequest) (*Empty, error)
 	SetupPod(context.Context, *SetupPodRequest) (*Empty, error)
 	MountImage(context.Context, *MountImageRequest) (*Empty, error)
-	CreateContainer(context.Context, *CreateContainerRequest) (*Empty, error)
+	CreateContainer(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
 	StartContainer(context.Context, *StartContainerRequest) (*StartProcessResponse, error)
 	ExecProcess(context.Context, *ExecProcessRequest) (*StartProcessResponse, error)
 	UpdateContainer(context.Context, *UpdateContainerRequest) (*Empty, error)
@@ -307,8 +307,8 @@ func (c *agentClient) MountImage(ctx context.Context, req *MountImageRequest) (*
 	return &resp, nil
 }
 
-func (c *agentClient) CreateContainer(ctx context.Context, req *CreateContainerRequest) (*Empty, error) {
-	var resp Empty
+func (c *agentClient) CreateContainer(ctx context.Context, req *CreateContainerRequest) (*CreateContainerResponse, error) {
+	var resp CreateContainerResponse
 	if err := c.client.Call(ctx, "hyperlet.agent.v1.Agent", "CreateContainer", req, &resp); err != nil {
 		return nil, err
 	}
