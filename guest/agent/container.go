@@ -41,12 +41,19 @@ type containers struct {
 	mu       sync.Mutex
 	images   map[string]string // image ID -> mount point
 	created  map[string]bool
-	pausePID int  // holder of the pod PID namespace, 0 without one
 	sharedFS bool // the host's shared directory is mounted
+
+	// holderPID holds the pod's namespaces (0 without any): its PID
+	// namespace if sharePID, its user and IPC namespaces if uidMap is set.
+	holderPID int
+	sharePID  bool
+	uidMap    []specs.LinuxIDMapping
+	gidMap    []specs.LinuxIDMapping
+	idmapped  map[string]string // image ID -> its mount idmapped into the pod's user namespace
 }
 
 func newContainers() *containers {
-	return &containers{images: map[string]string{}, created: map[string]bool{}}
+	return &containers{images: map[string]string{}, created: map[string]bool{}, idmapped: map[string]string{}}
 }
 
 func validID(id string) error {
@@ -167,6 +174,25 @@ func (c *containers) createSpec(req *agentapi.CreateContainerRequest, spec *spec
 			os.RemoveAll(dir)
 		}
 	}()
+	userns := usesPodUserns(spec)
+	if userns {
+		// The image is seen through an idmapped mount, so its root owns
+		// it inside the pod's user namespace; the upper layer's root (the
+		// rootfs' top directory) belongs to that root too.
+		idm, err := c.idmappedImage(req.ImageId, lower)
+		if err != nil {
+			return err
+		}
+		lower = idm
+		uid, uok := hostID(c.uidMap, 0)
+		gid, gok := hostID(c.gidMap, 0)
+		if !uok || !gok {
+			return status.Error(codes.FailedPrecondition, "the pod's user namespace does not map root")
+		}
+		if err := os.Chown(upper, int(uid), int(gid)); err != nil {
+			return status.Errorf(codes.Internal, "chown upper: %v", err)
+		}
+	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
 	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
 		return status.Errorf(codes.Internal, "mount overlay rootfs: %v", err)
@@ -174,18 +200,13 @@ func (c *containers) createSpec(req *agentapi.CreateContainerRequest, spec *spec
 	if err := prepareCgroup(req.Id); err != nil {
 		return status.Errorf(codes.Internal, "cgroup: %v", err)
 	}
-	if err := resolveUser(spec, lower, req.User, req.StrictGroups); err != nil {
+	if err := resolveUser(spec, c.images[req.ImageId], req.User, req.StrictGroups); err != nil {
 		return err
 	}
 	spec.Root = &specs.Root{Path: "rootfs", Readonly: spec.Root != nil && spec.Root.Readonly}
 	spec.Linux.CgroupsPath = "/" + cgroupParent + "/" + req.Id + "/ctr"
-	for i, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.PIDNamespace && ns.Path == "pod" {
-			if c.pausePID == 0 {
-				return status.Error(codes.FailedPrecondition, "the pod has no shared PID namespace")
-			}
-			spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/pid", c.pausePID)
-		}
+	if err := c.podNamespaces(spec); err != nil {
+		return err
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {

@@ -66,18 +66,44 @@ func (c *containers) setupPod(req *agentapi.SetupPodRequest) error {
 		}
 		c.sharedFS = true
 	}
-	if req.SharePid && c.pausePID == 0 {
-		cmd := &exec.Cmd{
-			Path:        "/init",
-			Args:        []string{"/init", "pause"},
-			SysProcAttr: &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, Setsid: true},
-		}
-		if err := cmd.Start(); err != nil {
-			return status.Errorf(codes.Internal, "start pod PID namespace holder: %v", err)
-		}
-		c.pausePID = cmd.Process.Pid
-		klog.V(1).InfoS("pod PID namespace", "holder", c.pausePID)
+	if err := c.startHolder(req); err != nil {
+		return err
 	}
+	return nil
+}
+
+// startHolder starts the process that holds the pod's namespaces: its PID
+// namespace when containers share one, and its user namespace (with an IPC
+// namespace the user namespace owns) when the pod has ID mappings. The PID
+// namespace is then owned by the user namespace, so containers in it can
+// mount their /proc. c.mu is held.
+func (c *containers) startHolder(req *agentapi.SetupPodRequest) error {
+	userns := len(req.UidMappings) > 0 || len(req.GidMappings) > 0
+	if c.holderPID != 0 || (!req.SharePid && !userns) {
+		return nil
+	}
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if req.SharePid {
+		attr.Cloneflags |= unix.CLONE_NEWPID
+	}
+	if userns {
+		if len(req.UidMappings) == 0 || len(req.GidMappings) == 0 {
+			return status.Error(codes.InvalidArgument, "a user namespace needs both UID and GID mappings")
+		}
+		attr.Cloneflags |= unix.CLONE_NEWUSER | unix.CLONE_NEWIPC
+		attr.UidMappings, attr.GidMappings = sysIDMaps(req.UidMappings), sysIDMaps(req.GidMappings)
+		// Containers set their supplementary groups.
+		attr.GidMappingsEnableSetgroups = true
+	}
+	cmd := &exec.Cmd{Path: "/init", Args: []string{"/init", "pause"}, SysProcAttr: attr}
+	if err := cmd.Start(); err != nil {
+		return status.Errorf(codes.Internal, "start pod namespace holder: %v", err)
+	}
+	c.holderPID, c.sharePID = cmd.Process.Pid, req.SharePid
+	if userns {
+		c.uidMap, c.gidMap = specIDMaps(req.UidMappings), specIDMaps(req.GidMappings)
+	}
+	klog.V(1).InfoS("pod namespaces", "holder", c.holderPID, "sharePid", req.SharePid, "userns", userns)
 	return nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"slices"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/hyperlet/hyperlet/pkg/oci"
 )
 
 // RunPodSandbox boots the pod's VM.
@@ -14,6 +16,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 		return nil, fmt.Errorf("%w: pod config is required", errInvalid)
 	}
 	if s.host != nil && s.host.Wants(r.Config, r.RuntimeHandler) {
+		if oci.PodUserns(r.Config) {
+			return nil, fmt.Errorf("%w: user namespaces are not offered for host pods", errInvalid)
+		}
 		return s.host.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: r.Config, RuntimeHandler: s.host.Handler(r.RuntimeHandler)})
 	}
 	if h := r.RuntimeHandler; h != "" && !slices.Contains(s.handlers, h) {

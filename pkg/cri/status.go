@@ -58,7 +58,8 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 }
 
 // vmFeatures are what a VM handler offers: recursive read-only volumes,
-// enforced by the host on the volume's whole mount tree.
+// enforced by the host on the volume's whole mount tree, and user
+// namespaces, made by the guest agent inside the pod VM.
 func vmFeatures() *runtimeapi.RuntimeHandlerFeatures {
-	return &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: true}
+	return &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: true, UserNamespaces: true}
 }

@@ -147,6 +147,23 @@ func Spec(in Input) (*specs.Spec, string, error) {
 	} else {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})
 	}
+	if PodUserns(in.Sandbox) {
+		// The pod's user namespace, and the IPC namespace it owns, held by
+		// the agent; containers share the VM's network namespace, which
+		// the pod's user namespace does not own, so /sys is bound, not
+		// mounted.
+		s.Linux.Namespaces = append(s.Linux.Namespaces,
+			specs.LinuxNamespace{Type: specs.UserNamespace, Path: "pod"},
+			specs.LinuxNamespace{Type: specs.IPCNamespace, Path: "pod"})
+		for i := range s.Mounts {
+			if s.Mounts[i].Destination == "/sys" {
+				s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			}
+		}
+	}
+	if u := sc.GetNamespaceOptions().GetUsernsOptions(); u != nil && (u.GetMode() == runtime.NamespaceMode_POD) != PodUserns(in.Sandbox) {
+		return nil, "", fmt.Errorf("%w: container user namespace mode %v differs from its pod's", ErrInvalid, u.GetMode())
+	}
 	for _, g := range sc.GetSupplementalGroups() {
 		s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
 	}
@@ -186,6 +203,14 @@ func Spec(in Input) (*specs.Spec, string, error) {
 		}
 	}
 	return s, userSpec(sc, in.Image.User), nil
+}
+
+// PodUserns reports whether a pod asks for its own user namespace
+// (hostUsers: false). NamespaceMode's zero value is POD, so only options
+// that are present count.
+func PodUserns(cfg *runtime.PodSandboxConfig) bool {
+	u := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
+	return u != nil && u.GetMode() == runtime.NamespaceMode_POD
 }
 
 // processArgs follows kubelet's rules: command replaces the image's

@@ -184,6 +184,36 @@ func TestSpec(t *testing.T) {
 			t.Errorf("got %v", err)
 		}
 	})
+	t.Run("pod user namespace", func(t *testing.T) {
+		mapping := []*runtime.IDMapping{{ContainerId: 0, HostId: 1000, Length: 100000}}
+		userns := &runtime.UserNamespace{Mode: runtime.NamespaceMode_POD, Uids: mapping, Gids: mapping}
+		in := baseInput()
+		in.Sandbox = &runtime.PodSandboxConfig{Linux: &runtime.LinuxPodSandboxConfig{SecurityContext: &runtime.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtime.NamespaceOption{UsernsOptions: userns}}}}
+		in.Config.Linux.SecurityContext.NamespaceOptions.UsernsOptions = userns
+		s, _, err := Spec(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hasNS(s, specs.UserNamespace, "pod") || !hasNS(s, specs.IPCNamespace, "pod") {
+			t.Errorf("namespaces %v", s.Linux.Namespaces)
+		}
+		for _, m := range s.Mounts {
+			if m.Destination == "/sys" && (m.Type != "bind" || !slices.Contains(m.Options, "ro")) {
+				t.Errorf("/sys in a user namespace: %+v", m)
+			}
+		}
+		// A container's mode must be its pod's.
+		in.Config.Linux.SecurityContext.NamespaceOptions.UsernsOptions = &runtime.UserNamespace{Mode: runtime.NamespaceMode_NODE}
+		if _, _, err := Spec(in); !errors.Is(err, ErrInvalid) {
+			t.Errorf("container NODE in a POD pod: %v", err)
+		}
+		// No options at all is NODE, though NamespaceMode's zero is POD.
+		s, _, err = Spec(baseInput())
+		if err != nil || hasNS(s, specs.UserNamespace, "pod") {
+			t.Errorf("no user namespace options: %v %v", err, s.Linux.Namespaces)
+		}
+	})
 	t.Run("host namespaces", func(t *testing.T) {
 		in := baseInput()
 		in.Config.Linux = &runtime.LinuxContainerConfig{SecurityContext: &runtime.LinuxContainerSecurityContext{

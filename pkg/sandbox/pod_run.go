@@ -17,6 +17,7 @@ import (
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/failpoint"
+	"github.com/hyperlet/hyperlet/pkg/oci"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -32,7 +33,7 @@ func validatePod(cfg *runtime.PodSandboxConfig) error {
 	if ns.GetPid() == runtime.NamespaceMode_TARGET {
 		return fmt.Errorf("%w: pod PID namespace mode TARGET", ErrUnsupported)
 	}
-	return nil
+	return validateUserns(ns.GetUsernsOptions())
 }
 
 // sizeVM applies the sizing rule: the configured base size, plus the pod's
@@ -261,7 +262,7 @@ func podSetup(cfg *runtime.PodSandboxConfig, ips []string) *agent.PodSetup {
 	} else {
 		fmt.Fprintf(&hosts, "127.0.1.1\t%s\n", host)
 	}
-	return &agent.PodSetup{
+	setup := &agent.PodSetup{
 		Hostname:   host,
 		Hosts:      []byte(hosts.String()),
 		ResolvConf: resolvConf(cfg.GetDnsConfig()),
@@ -269,6 +270,11 @@ func podSetup(cfg *runtime.PodSandboxConfig, ips []string) *agent.PodSetup {
 		SharePid:   cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid() == runtime.NamespaceMode_POD,
 		SharedFs:   true,
 	}
+	if oci.PodUserns(cfg) {
+		u := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
+		setup.UidMappings, setup.GidMappings = agentIDMaps(u.GetUids()), agentIDMaps(u.GetGids())
+	}
+	return setup
 }
 
 func resolvConf(d *runtime.DNSConfig) []byte {

@@ -1069,8 +1069,13 @@ type SetupPodRequest struct {
 	SharedFs bool `protobuf:"varint,6,opt,name=shared_fs,json=sharedFs,proto3" json:"shared_fs,omitempty"`
 	// The pod's network, from CNI: the NIC with this MAC gets the
 	// addresses, then the routes are added.
-	Interfaces    []*Interface `protobuf:"bytes,7,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
-	Routes        []*Route     `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
+	Interfaces []*Interface `protobuf:"bytes,7,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes     []*Route     `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
+	// uid_mappings and gid_mappings, when set, give the pod a user
+	// namespace (and an IPC namespace it owns) that every container joins;
+	// the pod's PID namespace, if shared, is owned by it too.
+	UidMappings   []*IDMapping `protobuf:"bytes,9,rep,name=uid_mappings,json=uidMappings,proto3" json:"uid_mappings,omitempty"`
+	GidMappings   []*IDMapping `protobuf:"bytes,10,rep,name=gid_mappings,json=gidMappings,proto3" json:"gid_mappings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1161,6 +1166,82 @@ func (x *SetupPodRequest) GetRoutes() []*Route {
 	return nil
 }
 
+func (x *SetupPodRequest) GetUidMappings() []*IDMapping {
+	if x != nil {
+		return x.UidMappings
+	}
+	return nil
+}
+
+func (x *SetupPodRequest) GetGidMappings() []*IDMapping {
+	if x != nil {
+		return x.GidMappings
+	}
+	return nil
+}
+
+// IDMapping maps size IDs from container_id inside the pod's user
+// namespace to host_id in the VM.
+type IDMapping struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   uint32                 `protobuf:"varint,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	HostId        uint32                 `protobuf:"varint,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Size          uint32                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IDMapping) Reset() {
+	*x = IDMapping{}
+	mi := &file_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IDMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IDMapping) ProtoMessage() {}
+
+func (x *IDMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IDMapping.ProtoReflect.Descriptor instead.
+func (*IDMapping) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *IDMapping) GetContainerId() uint32 {
+	if x != nil {
+		return x.ContainerId
+	}
+	return 0
+}
+
+func (x *IDMapping) GetHostId() uint32 {
+	if x != nil {
+		return x.HostId
+	}
+	return 0
+}
+
+func (x *IDMapping) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 type Interface struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// mac is the address the NIC must have (the pod side's MAC).
@@ -1178,7 +1259,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1271,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1284,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Interface) GetMac() string {
@@ -1245,7 +1326,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1338,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1351,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Route) GetDest() string {
@@ -1301,7 +1382,7 @@ type MountImageRequest struct {
 
 func (x *MountImageRequest) Reset() {
 	*x = MountImageRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1394,7 @@ func (x *MountImageRequest) String() string {
 func (*MountImageRequest) ProtoMessage() {}
 
 func (x *MountImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1407,7 @@ func (x *MountImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountImageRequest.ProtoReflect.Descriptor instead.
 func (*MountImageRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MountImageRequest) GetImageId() string {
@@ -1378,7 +1459,7 @@ type CreateContainerRequest struct {
 
 func (x *CreateContainerRequest) Reset() {
 	*x = CreateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1471,7 @@ func (x *CreateContainerRequest) String() string {
 func (*CreateContainerRequest) ProtoMessage() {}
 
 func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1484,7 @@ func (x *CreateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerRequest.ProtoReflect.Descriptor instead.
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateContainerRequest) GetId() string {
@@ -1454,7 +1535,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1547,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1560,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateContainerResponse) GetUid() uint32 {
@@ -1515,7 +1596,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1608,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1621,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StartContainerRequest) GetId() string {
@@ -1588,7 +1669,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1681,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1694,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1669,7 +1750,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1762,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1775,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateContainerRequest) GetId() string {
@@ -1720,7 +1801,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1813,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1826,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveContainerRequest) GetId() string {
@@ -1764,7 +1845,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1857,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1870,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ContainerStatsRequest) GetId() string {
@@ -1817,7 +1898,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1829,7 +1910,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1842,7 +1923,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ContainerStatsResponse) GetCpuUsageNano() uint64 {
@@ -1925,7 +2006,7 @@ type OpenPortRequest struct {
 
 func (x *OpenPortRequest) Reset() {
 	*x = OpenPortRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2018,7 @@ func (x *OpenPortRequest) String() string {
 func (*OpenPortRequest) ProtoMessage() {}
 
 func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2031,7 @@ func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPortRequest.ProtoReflect.Descriptor instead.
 func (*OpenPortRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *OpenPortRequest) GetId() string {
@@ -2032,7 +2113,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"6\n" +
 	"\x17SetGuestDateTimeRequest\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\"\x11\n" +
-	"\x0fShutdownRequest\"\x95\x03\n" +
+	"\x0fShutdownRequest\"\x97\x04\n" +
 	"\x0fSetupPodRequest\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x14\n" +
 	"\x05hosts\x18\x02 \x01(\fR\x05hosts\x12\x1f\n" +
@@ -2044,10 +2125,17 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"interfaces\x18\a \x03(\v2\x1c.hyperlet.agent.v1.InterfaceR\n" +
 	"interfaces\x120\n" +
-	"\x06routes\x18\b \x03(\v2\x18.hyperlet.agent.v1.RouteR\x06routes\x1a:\n" +
+	"\x06routes\x18\b \x03(\v2\x18.hyperlet.agent.v1.RouteR\x06routes\x12?\n" +
+	"\fuid_mappings\x18\t \x03(\v2\x1c.hyperlet.agent.v1.IDMappingR\vuidMappings\x12?\n" +
+	"\fgid_mappings\x18\n" +
+	" \x03(\v2\x1c.hyperlet.agent.v1.IDMappingR\vgidMappings\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\tIDMapping\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\rR\vcontainerId\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\rR\x06hostId\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"n\n" +
 	"\tInterface\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x1f\n" +
 	"\vcurrent_mac\x18\x04 \x01(\tR\n" +
@@ -2154,7 +2242,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -2176,72 +2264,75 @@ var file_agent_proto_goTypes = []any{
 	(*SetGuestDateTimeRequest)(nil), // 17: hyperlet.agent.v1.SetGuestDateTimeRequest
 	(*ShutdownRequest)(nil),         // 18: hyperlet.agent.v1.ShutdownRequest
 	(*SetupPodRequest)(nil),         // 19: hyperlet.agent.v1.SetupPodRequest
-	(*Interface)(nil),               // 20: hyperlet.agent.v1.Interface
-	(*Route)(nil),                   // 21: hyperlet.agent.v1.Route
-	(*MountImageRequest)(nil),       // 22: hyperlet.agent.v1.MountImageRequest
-	(*CreateContainerRequest)(nil),  // 23: hyperlet.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 24: hyperlet.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 25: hyperlet.agent.v1.StartContainerRequest
-	(*ExecProcessRequest)(nil),      // 26: hyperlet.agent.v1.ExecProcessRequest
-	(*UpdateContainerRequest)(nil),  // 27: hyperlet.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),  // 28: hyperlet.agent.v1.RemoveContainerRequest
-	(*ContainerStatsRequest)(nil),   // 29: hyperlet.agent.v1.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),  // 30: hyperlet.agent.v1.ContainerStatsResponse
-	(*OpenPortRequest)(nil),         // 31: hyperlet.agent.v1.OpenPortRequest
-	nil,                             // 32: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	(*IDMapping)(nil),               // 20: hyperlet.agent.v1.IDMapping
+	(*Interface)(nil),               // 21: hyperlet.agent.v1.Interface
+	(*Route)(nil),                   // 22: hyperlet.agent.v1.Route
+	(*MountImageRequest)(nil),       // 23: hyperlet.agent.v1.MountImageRequest
+	(*CreateContainerRequest)(nil),  // 24: hyperlet.agent.v1.CreateContainerRequest
+	(*CreateContainerResponse)(nil), // 25: hyperlet.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 26: hyperlet.agent.v1.StartContainerRequest
+	(*ExecProcessRequest)(nil),      // 27: hyperlet.agent.v1.ExecProcessRequest
+	(*UpdateContainerRequest)(nil),  // 28: hyperlet.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),  // 29: hyperlet.agent.v1.RemoveContainerRequest
+	(*ContainerStatsRequest)(nil),   // 30: hyperlet.agent.v1.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),  // 31: hyperlet.agent.v1.ContainerStatsResponse
+	(*OpenPortRequest)(nil),         // 32: hyperlet.agent.v1.OpenPortRequest
+	nil,                             // 33: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	32, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
-	20, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
-	21, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
-	2,  // 4: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
-	4,  // 5: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
-	6,  // 6: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
-	8,  // 7: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
-	9,  // 8: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
-	11, // 9: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
-	12, // 10: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
-	13, // 11: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
-	15, // 12: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
-	17, // 13: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
-	16, // 14: hyperlet.agent.v1.Agent.AddEntropy:input_type -> hyperlet.agent.v1.AddEntropyRequest
-	18, // 15: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
-	19, // 16: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
-	22, // 17: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
-	23, // 18: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
-	25, // 19: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
-	26, // 20: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
-	27, // 21: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
-	28, // 22: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
-	29, // 23: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
-	31, // 24: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
-	3,  // 25: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 26: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 27: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 28: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 29: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 30: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 31: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 32: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 33: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 34: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
-	1,  // 35: hyperlet.agent.v1.Agent.AddEntropy:output_type -> hyperlet.agent.v1.Empty
-	1,  // 36: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	1,  // 37: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
-	1,  // 38: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
-	24, // 39: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.CreateContainerResponse
-	5,  // 40: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
-	5,  // 41: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	1,  // 42: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
-	1,  // 43: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
-	30, // 44: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
-	1,  // 45: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
-	25, // [25:46] is the sub-list for method output_type
-	4,  // [4:25] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	33, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	21, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
+	22, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
+	20, // 4: hyperlet.agent.v1.SetupPodRequest.uid_mappings:type_name -> hyperlet.agent.v1.IDMapping
+	20, // 5: hyperlet.agent.v1.SetupPodRequest.gid_mappings:type_name -> hyperlet.agent.v1.IDMapping
+	2,  // 6: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
+	4,  // 7: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
+	6,  // 8: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
+	8,  // 9: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
+	9,  // 10: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
+	11, // 11: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
+	12, // 12: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
+	13, // 13: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
+	15, // 14: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
+	17, // 15: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
+	16, // 16: hyperlet.agent.v1.Agent.AddEntropy:input_type -> hyperlet.agent.v1.AddEntropyRequest
+	18, // 17: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
+	19, // 18: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
+	23, // 19: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
+	24, // 20: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
+	26, // 21: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
+	27, // 22: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
+	28, // 23: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
+	29, // 24: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
+	30, // 25: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
+	32, // 26: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
+	3,  // 27: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 28: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 29: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 30: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 31: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 32: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 33: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 34: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 35: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 36: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 37: hyperlet.agent.v1.Agent.AddEntropy:output_type -> hyperlet.agent.v1.Empty
+	1,  // 38: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	1,  // 39: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
+	1,  // 40: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
+	25, // 41: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.CreateContainerResponse
+	5,  // 42: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
+	5,  // 43: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	1,  // 44: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
+	1,  // 45: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
+	31, // 46: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	1,  // 47: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
+	27, // [27:48] is the sub-list for method output_type
+	6,  // [6:27] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2255,7 +2346,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
