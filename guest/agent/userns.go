@@ -109,4 +109,3 @@ func hostID(maps []specs.LinuxIDMapping, id uint32) (uint32, bool) {
 	}
 	return 0, false
 }
-
