@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/sys/user"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -193,6 +194,9 @@ func (c *containers) createSpec(req *agentapi.CreateContainerRequest, spec *spec
 			return status.Errorf(codes.Internal, "chown upper: %v", err)
 		}
 	}
+	if err := c.imageVolumes(req.ImageVolumes, spec, userns); err != nil {
+		return err
+	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
 	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
 		return status.Errorf(codes.Internal, "mount overlay rootfs: %v", err)
@@ -216,6 +220,44 @@ func (c *containers) createSpec(req *agentapi.CreateContainerRequest, spec *spec
 		return status.Errorf(codes.Internal, "write spec: %v", err)
 	}
 	c.created[req.Id] = true
+	return nil
+}
+
+// imageVolumes adds a read-only bind mount to the spec for each image
+// volume, from the image's mount (idmapped into the pod's user namespace
+// when the container is in it). The sub path is resolved inside the image
+// (symlinks included); the image is read-only, so the resolved path stays
+// what it was checked to be. c.mu is held.
+func (c *containers) imageVolumes(vols []*agentapi.ImageVolume, spec *specs.Spec, userns bool) error {
+	for _, v := range vols {
+		src, ok := c.images[v.ImageId]
+		if !ok {
+			return status.Errorf(codes.FailedPrecondition, "image %q of a volume is not mounted", v.ImageId)
+		}
+		if !filepath.IsAbs(v.Destination) {
+			return status.Errorf(codes.InvalidArgument, "image volume destination %q is not absolute", v.Destination)
+		}
+		if v.SubPath != "" && !filepath.IsLocal(v.SubPath) {
+			return status.Errorf(codes.InvalidArgument, "image volume sub path %q leaves the image", v.SubPath)
+		}
+		if userns {
+			var err error
+			if src, err = c.idmappedImage(v.ImageId, src); err != nil {
+				return err
+			}
+		}
+		p, err := securejoin.SecureJoin(src, v.SubPath)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "image volume sub path %q: %v", v.SubPath, err)
+		}
+		if _, err := os.Stat(p); err != nil {
+			return status.Errorf(codes.InvalidArgument, "image volume sub path %q is not in the image: %v", v.SubPath, err)
+		}
+		spec.Mounts = append(spec.Mounts, specs.Mount{
+			Destination: v.Destination, Type: "bind", Source: p,
+			Options: []string{"rbind", "ro", "nosuid", "nodev"},
+		})
+	}
 	return nil
 }
 

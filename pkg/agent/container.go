@@ -41,6 +41,8 @@ type ContainerCreate struct {
 	User         string
 	StrictGroups bool
 	Spec         *specs.Spec
+	// ImageVolumes are mounted after the spec's mounts.
+	ImageVolumes []*agentapi.ImageVolume
 }
 
 // maxGroups bounds the groups a guest may report for a container (Linux's
@@ -56,7 +58,7 @@ func (c *Client) CreateContainer(ctx context.Context, r ContainerCreate) (specs.
 	}
 	svc, _ := c.service()
 	resp, err := svc.CreateContainer(ctx, &agentapi.CreateContainerRequest{
-		Id: r.ID, ImageId: r.ImageID, Spec: b, User: r.User, StrictGroups: r.StrictGroups,
+		Id: r.ID, ImageId: r.ImageID, Spec: b, User: r.User, StrictGroups: r.StrictGroups, ImageVolumes: r.ImageVolumes,
 	})
 	if err != nil {
 		return specs.User{}, wrap("create container", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
@@ -45,7 +46,7 @@ func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 		Message:     st.Message,
 		Labels:      cfg.GetLabels(),
 		Annotations: cfg.GetAnnotations(),
-		Mounts:      cfg.GetMounts(),
+		Mounts:      statusMounts(cfg.GetMounts(), st.VolumeImages),
 		LogPath:     st.LogPath,
 	}
 	if u := st.User; u != nil {
@@ -57,6 +58,22 @@ func containerStatus(c *sandbox.Container) *runtimeapi.ContainerStatus {
 	}
 	if r := cfg.GetLinux().GetResources(); r != nil {
 		out.Resources = &runtimeapi.ContainerResources{Linux: r}
+	}
+	return out
+}
+
+// statusMounts are the container's mounts, its image volumes naming the
+// image each resolved to (ImageSpec.image_ref).
+func statusMounts(ms []*runtimeapi.Mount, volumeImages []string) []*runtimeapi.Mount {
+	out := make([]*runtimeapi.Mount, 0, len(ms))
+	k := 0
+	for _, m := range ms {
+		if m.GetImage() != nil && k < len(volumeImages) {
+			m = proto.Clone(m).(*runtimeapi.Mount)
+			m.Image.ImageRef = volumeImages[k]
+			k++
+		}
+		out = append(out, m)
 	}
 	return out
 }

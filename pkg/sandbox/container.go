@@ -16,20 +16,23 @@ import (
 
 // containerRecord is what survives a daemon restart.
 type containerRecord struct {
-	ID         string                 `json:"id"`
-	PodID      string                 `json:"podId"`
-	Config     []byte                 `json:"config"` // runtime.ContainerConfig, protobuf
-	ImageID    string                 `json:"imageId"`
-	ImageRef   string                 `json:"imageRef"`
-	LogPath    string                 `json:"logPath,omitempty"`
-	State      runtime.ContainerState `json:"state"`
-	CreatedAt  int64                  `json:"createdAt"`
-	StartedAt  int64                  `json:"startedAt,omitempty"`
-	FinishedAt int64                  `json:"finishedAt,omitempty"`
-	ExitCode   int32                  `json:"exitCode"`
-	Reason     string                 `json:"reason,omitempty"`
-	Message    string                 `json:"message,omitempty"`
-	Pid        uint32                 `json:"pid,omitempty"`
+	ID       string `json:"id"`
+	PodID    string `json:"podId"`
+	Config   []byte `json:"config"` // runtime.ContainerConfig, protobuf
+	ImageID  string `json:"imageId"`
+	ImageRef string `json:"imageRef"`
+	// VolumeImages are the IDs of the images of its image volumes, in the
+	// order of those mounts; each is pinned while the container exists.
+	VolumeImages []string               `json:"volumeImages,omitempty"`
+	LogPath      string                 `json:"logPath,omitempty"`
+	State        runtime.ContainerState `json:"state"`
+	CreatedAt    int64                  `json:"createdAt"`
+	StartedAt    int64                  `json:"startedAt,omitempty"`
+	FinishedAt   int64                  `json:"finishedAt,omitempty"`
+	ExitCode     int32                  `json:"exitCode"`
+	Reason       string                 `json:"reason,omitempty"`
+	Message      string                 `json:"message,omitempty"`
+	Pid          uint32                 `json:"pid,omitempty"`
 	// User is the identity the container's process runs with, as the
 	// guest resolved it against the image (reported, never acted on).
 	User *specs.User `json:"user,omitempty"`

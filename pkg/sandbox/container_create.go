@@ -64,6 +64,16 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			release()
 		}
 	}()
+	vols, volIDs, releaseVols, err := m.imageVolumes(ctx, pod, cfg.Mounts)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			releaseVols()
+		}
+	}()
+	c.rec.VolumeImages = volIDs
 	imgCfg, err := m.images.ConfigFile(img)
 	if err != nil {
 		return nil, err
@@ -106,7 +116,13 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if pid := pod.VMPID(); pid > 0 {
 		userns = fmt.Sprintf("/proc/%d/ns/user", pid)
 	}
-	mounts, err := shareMounts(pod.rec.VM.SharedDir, userns, id, cfg.Mounts)
+	var hostMounts []*runtime.Mount
+	for _, mnt := range cfg.Mounts {
+		if mnt.GetImage() == nil {
+			hostMounts = append(hostMounts, mnt)
+		}
+	}
+	mounts, err := shareMounts(pod.rec.VM.SharedDir, userns, id, hostMounts)
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +161,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		}
 	}()
 	u, err := client.CreateContainer(ctx, agent.ContainerCreate{
-		ID: id, ImageID: agentImageID(imageID), User: user, Spec: spec,
+		ID: id, ImageID: agentImageID(imageID), User: user, Spec: spec, ImageVolumes: vols,
 		StrictGroups: cfg.GetLinux().GetSecurityContext().GetSupplementalGroupsPolicy() == runtime.SupplementalGroupsPolicy_Strict,
 	})
 	if err != nil {
@@ -155,7 +171,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := failpoint.Hit("create-container:before-record"); err != nil {
 		return nil, err
 	}
-	c.release = release
+	c.release = func() { release(); releaseVols() }
 	c.rec.Intent = ""
 	if err := c.persistLocked(); err != nil {
 		return nil, fmt.Errorf("persist container: %w", err)

@@ -176,10 +176,18 @@ func (m *Manager) restoreContainer(ctx context.Context, p *Pod, r *containerReco
 		}
 		c.logPersistLocked()
 	}
-	if release, err := m.images.Acquire(r.ImageID); err == nil {
-		c.release = release
-	} else {
-		klog.ErrorS(err, "pin image of restored container", "container", r.ID, "image", r.ImageID)
+	var releases []func()
+	for _, img := range append([]string{r.ImageID}, r.VolumeImages...) {
+		if release, err := m.images.Acquire(img); err == nil {
+			releases = append(releases, release)
+		} else {
+			klog.ErrorS(err, "pin image of restored container", "container", r.ID, "image", img)
+		}
+	}
+	c.release = func() {
+		for _, r := range releases {
+			r()
+		}
 	}
 	if c.rec.State != runtime.ContainerState_CONTAINER_RUNNING {
 		return c, nil

@@ -710,10 +710,6 @@ func TestCRIVolumes(t *testing.T) {
 		_, err := d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: c, SandboxConfig: podCfg})
 		wantCode(t, fmt.Sprintf("recursive read-only mount %+v", bad), err, codes.InvalidArgument)
 	}
-	image := ctrConfig("imagevol", "true")
-	image.Mounts = []*runtimeapi.Mount{{ContainerPath: "/img", Image: &runtimeapi.ImageSpec{Image: testImage}}}
-	_, err = d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: image, SandboxConfig: podCfg})
-	wantCode(t, "image volume", err, codes.Unimplemented)
 	// A stopped pod holds no volume: kubelet unmounts them before removal.
 	if _, err := d.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)

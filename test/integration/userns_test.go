@@ -40,9 +40,11 @@ func TestCRIUserNamespaces(t *testing.T) {
 		c.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: userns}}
 		return c
 	}
-	a := d.createStart(ctx, pod, podCfg, ctr("a", "sleep", "1000"))
+	ac := ctr("a", "sleep", "1000")
+	ac.Mounts = []*runtimeapi.Mount{{ContainerPath: "/vol", Readonly: true, Image: &runtimeapi.ImageSpec{Image: testImage}}}
+	a := d.createStart(ctx, pod, podCfg, ac)
 	b := d.createStart(ctx, pod, podCfg, ctr("b", "sleep", "1000"))
-	r, err := d.exec(ctx, a, 0, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin/busybox /etc/passwd; echo x > /written && stat -c %u /written; readlink /proc/self/ns/user; readlink /proc/self/ns/ipc")
+	r, err := d.exec(ctx, a, 0, "sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c %u:%g /bin/busybox /vol/etc/passwd; echo x > /written && stat -c %u /written; readlink /proc/self/ns/user; readlink /proc/self/ns/ipc")
 	if err != nil || r.ExitCode != 0 {
 		t.Fatalf("exec in the user namespace: %v %v stderr %s", r, err, r.GetStderr())
 	}
@@ -57,7 +59,7 @@ func TestCRIUserNamespaces(t *testing.T) {
 	}
 	for i, want := range []string{"0", "0:0", "0:0", "0"} {
 		if lines[2+i] != want {
-			t.Errorf("line %d = %q, want %q (uid, image ownership, a written file's owner)", 2+i, lines[2+i], want)
+			t.Errorf("line %d = %q, want %q (uid, image and image volume ownership, a written file's owner)", 2+i, lines[2+i], want)
 		}
 	}
 	rb, err := d.exec(ctx, b, 0, "sh", "-c", "readlink /proc/self/ns/user; readlink /proc/self/ns/ipc")

@@ -1452,7 +1452,9 @@ type CreateContainerRequest struct {
 	// strict_groups leaves out the groups /etc/group gives the user
 	// (SupplementalGroupsPolicy Strict): only the primary group and the
 	// spec's additionalGids apply.
-	StrictGroups  bool `protobuf:"varint,5,opt,name=strict_groups,json=strictGroups,proto3" json:"strict_groups,omitempty"`
+	StrictGroups bool `protobuf:"varint,5,opt,name=strict_groups,json=strictGroups,proto3" json:"strict_groups,omitempty"`
+	// image_volumes are mounted read-only after the spec's own mounts.
+	ImageVolumes  []*ImageVolume `protobuf:"bytes,6,rep,name=image_volumes,json=imageVolumes,proto3" json:"image_volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1522,6 +1524,76 @@ func (x *CreateContainerRequest) GetStrictGroups() bool {
 	return false
 }
 
+func (x *CreateContainerRequest) GetImageVolumes() []*ImageVolume {
+	if x != nil {
+		return x.ImageVolumes
+	}
+	return nil
+}
+
+// ImageVolume mounts a directory or file of a mounted image (image_id)
+// at destination in the container. sub_path is relative to the image's
+// root; symlinks in it resolve inside the image.
+type ImageVolume struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageId       string                 `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	SubPath       string                 `protobuf:"bytes,2,opt,name=sub_path,json=subPath,proto3" json:"sub_path,omitempty"`
+	Destination   string                 `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageVolume) Reset() {
+	*x = ImageVolume{}
+	mi := &file_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageVolume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageVolume) ProtoMessage() {}
+
+func (x *ImageVolume) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageVolume.ProtoReflect.Descriptor instead.
+func (*ImageVolume) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ImageVolume) GetImageId() string {
+	if x != nil {
+		return x.ImageId
+	}
+	return ""
+}
+
+func (x *ImageVolume) GetSubPath() string {
+	if x != nil {
+		return x.SubPath
+	}
+	return ""
+}
+
+func (x *ImageVolume) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
 // CreateContainerResponse is the identity the container's process runs
 // with, as resolved against the image.
 type CreateContainerResponse struct {
@@ -1535,7 +1607,7 @@ type CreateContainerResponse struct {
 
 func (x *CreateContainerResponse) Reset() {
 	*x = CreateContainerResponse{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1619,7 @@ func (x *CreateContainerResponse) String() string {
 func (*CreateContainerResponse) ProtoMessage() {}
 
 func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1632,7 @@ func (x *CreateContainerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateContainerResponse.ProtoReflect.Descriptor instead.
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateContainerResponse) GetUid() uint32 {
@@ -1596,7 +1668,7 @@ type StartContainerRequest struct {
 
 func (x *StartContainerRequest) Reset() {
 	*x = StartContainerRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1680,7 @@ func (x *StartContainerRequest) String() string {
 func (*StartContainerRequest) ProtoMessage() {}
 
 func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1693,7 @@ func (x *StartContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartContainerRequest.ProtoReflect.Descriptor instead.
 func (*StartContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StartContainerRequest) GetId() string {
@@ -1669,7 +1741,7 @@ type ExecProcessRequest struct {
 
 func (x *ExecProcessRequest) Reset() {
 	*x = ExecProcessRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1753,7 @@ func (x *ExecProcessRequest) String() string {
 func (*ExecProcessRequest) ProtoMessage() {}
 
 func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1766,7 @@ func (x *ExecProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecProcessRequest.ProtoReflect.Descriptor instead.
 func (*ExecProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecProcessRequest) GetContainerId() string {
@@ -1750,7 +1822,7 @@ type UpdateContainerRequest struct {
 
 func (x *UpdateContainerRequest) Reset() {
 	*x = UpdateContainerRequest{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1834,7 @@ func (x *UpdateContainerRequest) String() string {
 func (*UpdateContainerRequest) ProtoMessage() {}
 
 func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1847,7 @@ func (x *UpdateContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateContainerRequest.ProtoReflect.Descriptor instead.
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateContainerRequest) GetId() string {
@@ -1801,7 +1873,7 @@ type RemoveContainerRequest struct {
 
 func (x *RemoveContainerRequest) Reset() {
 	*x = RemoveContainerRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1885,7 @@ func (x *RemoveContainerRequest) String() string {
 func (*RemoveContainerRequest) ProtoMessage() {}
 
 func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1898,7 @@ func (x *RemoveContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveContainerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RemoveContainerRequest) GetId() string {
@@ -1845,7 +1917,7 @@ type ContainerStatsRequest struct {
 
 func (x *ContainerStatsRequest) Reset() {
 	*x = ContainerStatsRequest{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +1929,7 @@ func (x *ContainerStatsRequest) String() string {
 func (*ContainerStatsRequest) ProtoMessage() {}
 
 func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +1942,7 @@ func (x *ContainerStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsRequest.ProtoReflect.Descriptor instead.
 func (*ContainerStatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ContainerStatsRequest) GetId() string {
@@ -1898,7 +1970,7 @@ type ContainerStatsResponse struct {
 
 func (x *ContainerStatsResponse) Reset() {
 	*x = ContainerStatsResponse{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +1982,7 @@ func (x *ContainerStatsResponse) String() string {
 func (*ContainerStatsResponse) ProtoMessage() {}
 
 func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +1995,7 @@ func (x *ContainerStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStatsResponse.ProtoReflect.Descriptor instead.
 func (*ContainerStatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ContainerStatsResponse) GetCpuUsageNano() uint64 {
@@ -2006,7 +2078,7 @@ type OpenPortRequest struct {
 
 func (x *OpenPortRequest) Reset() {
 	*x = OpenPortRequest{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2090,7 @@ func (x *OpenPortRequest) String() string {
 func (*OpenPortRequest) ProtoMessage() {}
 
 func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2103,7 @@ func (x *OpenPortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPortRequest.ProtoReflect.Descriptor instead.
 func (*OpenPortRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *OpenPortRequest) GetId() string {
@@ -2150,13 +2222,18 @@ const file_agent_proto_rawDesc = "" +
 	"\vscsi_target\x18\x02 \x01(\rR\n" +
 	"scsiTarget\x12\x19\n" +
 	"\bscsi_lun\x18\x03 \x01(\rR\ascsiLun\x12\x16\n" +
-	"\x06fstype\x18\x04 \x01(\tR\x06fstype\"\x90\x01\n" +
+	"\x06fstype\x18\x04 \x01(\tR\x06fstype\"\xd5\x01\n" +
 	"\x16CreateContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bimage_id\x18\x02 \x01(\tR\aimageId\x12\x12\n" +
 	"\x04spec\x18\x03 \x01(\fR\x04spec\x12\x12\n" +
 	"\x04user\x18\x04 \x01(\tR\x04user\x12#\n" +
-	"\rstrict_groups\x18\x05 \x01(\bR\fstrictGroups\"f\n" +
+	"\rstrict_groups\x18\x05 \x01(\bR\fstrictGroups\x12C\n" +
+	"\rimage_volumes\x18\x06 \x03(\v2\x1e.hyperlet.agent.v1.ImageVolumeR\fimageVolumes\"e\n" +
+	"\vImageVolume\x12\x19\n" +
+	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12\x19\n" +
+	"\bsub_path\x18\x02 \x01(\tR\asubPath\x12 \n" +
+	"\vdestination\x18\x03 \x01(\tR\vdestination\"f\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12'\n" +
@@ -2242,7 +2319,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agent_proto_goTypes = []any{
 	(Stream)(0),                     // 0: hyperlet.agent.v1.Stream
 	(*Empty)(nil),                   // 1: hyperlet.agent.v1.Empty
@@ -2269,70 +2346,72 @@ var file_agent_proto_goTypes = []any{
 	(*Route)(nil),                   // 22: hyperlet.agent.v1.Route
 	(*MountImageRequest)(nil),       // 23: hyperlet.agent.v1.MountImageRequest
 	(*CreateContainerRequest)(nil),  // 24: hyperlet.agent.v1.CreateContainerRequest
-	(*CreateContainerResponse)(nil), // 25: hyperlet.agent.v1.CreateContainerResponse
-	(*StartContainerRequest)(nil),   // 26: hyperlet.agent.v1.StartContainerRequest
-	(*ExecProcessRequest)(nil),      // 27: hyperlet.agent.v1.ExecProcessRequest
-	(*UpdateContainerRequest)(nil),  // 28: hyperlet.agent.v1.UpdateContainerRequest
-	(*RemoveContainerRequest)(nil),  // 29: hyperlet.agent.v1.RemoveContainerRequest
-	(*ContainerStatsRequest)(nil),   // 30: hyperlet.agent.v1.ContainerStatsRequest
-	(*ContainerStatsResponse)(nil),  // 31: hyperlet.agent.v1.ContainerStatsResponse
-	(*OpenPortRequest)(nil),         // 32: hyperlet.agent.v1.OpenPortRequest
-	nil,                             // 33: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	(*ImageVolume)(nil),             // 25: hyperlet.agent.v1.ImageVolume
+	(*CreateContainerResponse)(nil), // 26: hyperlet.agent.v1.CreateContainerResponse
+	(*StartContainerRequest)(nil),   // 27: hyperlet.agent.v1.StartContainerRequest
+	(*ExecProcessRequest)(nil),      // 28: hyperlet.agent.v1.ExecProcessRequest
+	(*UpdateContainerRequest)(nil),  // 29: hyperlet.agent.v1.UpdateContainerRequest
+	(*RemoveContainerRequest)(nil),  // 30: hyperlet.agent.v1.RemoveContainerRequest
+	(*ContainerStatsRequest)(nil),   // 31: hyperlet.agent.v1.ContainerStatsRequest
+	(*ContainerStatsResponse)(nil),  // 32: hyperlet.agent.v1.ContainerStatsResponse
+	(*OpenPortRequest)(nil),         // 33: hyperlet.agent.v1.OpenPortRequest
+	nil,                             // 34: hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: hyperlet.agent.v1.ReadOutputRequest.stream:type_name -> hyperlet.agent.v1.Stream
-	33, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
+	34, // 1: hyperlet.agent.v1.SetupPodRequest.sysctls:type_name -> hyperlet.agent.v1.SetupPodRequest.SysctlsEntry
 	21, // 2: hyperlet.agent.v1.SetupPodRequest.interfaces:type_name -> hyperlet.agent.v1.Interface
 	22, // 3: hyperlet.agent.v1.SetupPodRequest.routes:type_name -> hyperlet.agent.v1.Route
 	20, // 4: hyperlet.agent.v1.SetupPodRequest.uid_mappings:type_name -> hyperlet.agent.v1.IDMapping
 	20, // 5: hyperlet.agent.v1.SetupPodRequest.gid_mappings:type_name -> hyperlet.agent.v1.IDMapping
-	2,  // 6: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
-	4,  // 7: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
-	6,  // 8: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
-	8,  // 9: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
-	9,  // 10: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
-	11, // 11: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
-	12, // 12: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
-	13, // 13: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
-	15, // 14: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
-	17, // 15: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
-	16, // 16: hyperlet.agent.v1.Agent.AddEntropy:input_type -> hyperlet.agent.v1.AddEntropyRequest
-	18, // 17: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
-	19, // 18: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
-	23, // 19: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
-	24, // 20: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
-	26, // 21: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
-	27, // 22: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
-	28, // 23: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
-	29, // 24: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
-	30, // 25: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
-	32, // 26: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
-	3,  // 27: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
-	5,  // 28: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	7,  // 29: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
-	1,  // 30: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
-	10, // 31: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
-	1,  // 32: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
-	1,  // 33: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
-	14, // 34: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
-	1,  // 35: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
-	1,  // 36: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
-	1,  // 37: hyperlet.agent.v1.Agent.AddEntropy:output_type -> hyperlet.agent.v1.Empty
-	1,  // 38: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
-	1,  // 39: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
-	1,  // 40: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
-	25, // 41: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.CreateContainerResponse
-	5,  // 42: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
-	5,  // 43: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
-	1,  // 44: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
-	1,  // 45: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
-	31, // 46: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
-	1,  // 47: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
-	27, // [27:48] is the sub-list for method output_type
-	6,  // [6:27] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	25, // 6: hyperlet.agent.v1.CreateContainerRequest.image_volumes:type_name -> hyperlet.agent.v1.ImageVolume
+	2,  // 7: hyperlet.agent.v1.Agent.Version:input_type -> hyperlet.agent.v1.VersionRequest
+	4,  // 8: hyperlet.agent.v1.Agent.StartProcess:input_type -> hyperlet.agent.v1.StartProcessRequest
+	6,  // 9: hyperlet.agent.v1.Agent.WriteStdin:input_type -> hyperlet.agent.v1.WriteStdinRequest
+	8,  // 10: hyperlet.agent.v1.Agent.CloseStdin:input_type -> hyperlet.agent.v1.CloseStdinRequest
+	9,  // 11: hyperlet.agent.v1.Agent.ReadOutput:input_type -> hyperlet.agent.v1.ReadOutputRequest
+	11, // 12: hyperlet.agent.v1.Agent.ResizeTty:input_type -> hyperlet.agent.v1.ResizeTtyRequest
+	12, // 13: hyperlet.agent.v1.Agent.SignalProcess:input_type -> hyperlet.agent.v1.SignalProcessRequest
+	13, // 14: hyperlet.agent.v1.Agent.WaitProcess:input_type -> hyperlet.agent.v1.WaitProcessRequest
+	15, // 15: hyperlet.agent.v1.Agent.RemoveProcess:input_type -> hyperlet.agent.v1.RemoveProcessRequest
+	17, // 16: hyperlet.agent.v1.Agent.SetGuestDateTime:input_type -> hyperlet.agent.v1.SetGuestDateTimeRequest
+	16, // 17: hyperlet.agent.v1.Agent.AddEntropy:input_type -> hyperlet.agent.v1.AddEntropyRequest
+	18, // 18: hyperlet.agent.v1.Agent.Shutdown:input_type -> hyperlet.agent.v1.ShutdownRequest
+	19, // 19: hyperlet.agent.v1.Agent.SetupPod:input_type -> hyperlet.agent.v1.SetupPodRequest
+	23, // 20: hyperlet.agent.v1.Agent.MountImage:input_type -> hyperlet.agent.v1.MountImageRequest
+	24, // 21: hyperlet.agent.v1.Agent.CreateContainer:input_type -> hyperlet.agent.v1.CreateContainerRequest
+	27, // 22: hyperlet.agent.v1.Agent.StartContainer:input_type -> hyperlet.agent.v1.StartContainerRequest
+	28, // 23: hyperlet.agent.v1.Agent.ExecProcess:input_type -> hyperlet.agent.v1.ExecProcessRequest
+	29, // 24: hyperlet.agent.v1.Agent.UpdateContainer:input_type -> hyperlet.agent.v1.UpdateContainerRequest
+	30, // 25: hyperlet.agent.v1.Agent.RemoveContainer:input_type -> hyperlet.agent.v1.RemoveContainerRequest
+	31, // 26: hyperlet.agent.v1.Agent.ContainerStats:input_type -> hyperlet.agent.v1.ContainerStatsRequest
+	33, // 27: hyperlet.agent.v1.Agent.OpenPort:input_type -> hyperlet.agent.v1.OpenPortRequest
+	3,  // 28: hyperlet.agent.v1.Agent.Version:output_type -> hyperlet.agent.v1.VersionResponse
+	5,  // 29: hyperlet.agent.v1.Agent.StartProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	7,  // 30: hyperlet.agent.v1.Agent.WriteStdin:output_type -> hyperlet.agent.v1.WriteStdinResponse
+	1,  // 31: hyperlet.agent.v1.Agent.CloseStdin:output_type -> hyperlet.agent.v1.Empty
+	10, // 32: hyperlet.agent.v1.Agent.ReadOutput:output_type -> hyperlet.agent.v1.ReadOutputResponse
+	1,  // 33: hyperlet.agent.v1.Agent.ResizeTty:output_type -> hyperlet.agent.v1.Empty
+	1,  // 34: hyperlet.agent.v1.Agent.SignalProcess:output_type -> hyperlet.agent.v1.Empty
+	14, // 35: hyperlet.agent.v1.Agent.WaitProcess:output_type -> hyperlet.agent.v1.WaitProcessResponse
+	1,  // 36: hyperlet.agent.v1.Agent.RemoveProcess:output_type -> hyperlet.agent.v1.Empty
+	1,  // 37: hyperlet.agent.v1.Agent.SetGuestDateTime:output_type -> hyperlet.agent.v1.Empty
+	1,  // 38: hyperlet.agent.v1.Agent.AddEntropy:output_type -> hyperlet.agent.v1.Empty
+	1,  // 39: hyperlet.agent.v1.Agent.Shutdown:output_type -> hyperlet.agent.v1.Empty
+	1,  // 40: hyperlet.agent.v1.Agent.SetupPod:output_type -> hyperlet.agent.v1.Empty
+	1,  // 41: hyperlet.agent.v1.Agent.MountImage:output_type -> hyperlet.agent.v1.Empty
+	26, // 42: hyperlet.agent.v1.Agent.CreateContainer:output_type -> hyperlet.agent.v1.CreateContainerResponse
+	5,  // 43: hyperlet.agent.v1.Agent.StartContainer:output_type -> hyperlet.agent.v1.StartProcessResponse
+	5,  // 44: hyperlet.agent.v1.Agent.ExecProcess:output_type -> hyperlet.agent.v1.StartProcessResponse
+	1,  // 45: hyperlet.agent.v1.Agent.UpdateContainer:output_type -> hyperlet.agent.v1.Empty
+	1,  // 46: hyperlet.agent.v1.Agent.RemoveContainer:output_type -> hyperlet.agent.v1.Empty
+	32, // 47: hyperlet.agent.v1.Agent.ContainerStats:output_type -> hyperlet.agent.v1.ContainerStatsResponse
+	1,  // 48: hyperlet.agent.v1.Agent.OpenPort:output_type -> hyperlet.agent.v1.Empty
+	28, // [28:49] is the sub-list for method output_type
+	7,  // [7:28] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2346,7 +2425,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
