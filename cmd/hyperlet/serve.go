@@ -25,6 +25,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/hostruntime"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/jail"
+	"github.com/hyperlet/hyperlet/pkg/nri"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 	"github.com/hyperlet/hyperlet/pkg/template"
 	"github.com/hyperlet/hyperlet/pkg/vm"
@@ -192,8 +193,22 @@ func serve(o options) error {
 	}
 
 	network := cni.New(cni.Config{ConfDir: e.cfg.CNI.ConfDir, BinDirs: e.cfg.CNI.BinDirs, CacheDir: filepath.Join(o.root, "cni-cache")})
+	var (
+		hooks sandbox.Hooks
+		nrirt *nri.Runtime
+	)
+	if c := e.cfg.NRI; c.Enabled {
+		if nrirt, err = nri.New(nri.Config{
+			SocketPath: c.SocketPath, PluginPath: c.PluginPath, PluginConfigPath: c.PluginConfigPath,
+			RegistrationTimeout: c.RegistrationTimeout, RequestTimeout: c.RequestTimeout,
+		}, version); err != nil {
+			return err
+		}
+		hooks = nrirt
+	}
 	// Pods left by a previous daemon are taken over before serving.
 	pods, err := sandbox.New(ctx, sandbox.Config{
+		Hooks:      hooks,
 		Root:       o.root,
 		SharedRoot: filepath.Join(o.state, "shared"),
 		Network:    network,
@@ -216,6 +231,13 @@ func serve(o options) error {
 		return err
 	}
 	defer pods.Close()
+	if nrirt != nil {
+		// Plugins connect once the pods left running are known.
+		if err := nrirt.Start(pods); err != nil {
+			return err
+		}
+		defer nrirt.Stop()
+	}
 
 	streamCfg := streaming.DefaultConfig
 	streamCfg.Addr = e.cfg.StreamAddress

@@ -11,6 +11,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -37,6 +38,24 @@ type Config struct {
 	Registry      Registry    `toml:"registry"`
 	Jail          Jail        `toml:"jail"`
 	HostRuntime   HostRuntime `toml:"host_runtime"`
+	NRI           NRI         `toml:"nri"`
+}
+
+// NRI lets Node Resource Interface plugins hook into pod and container
+// lifecycle (pkg/nri). It is off unless enabled: a plugin sees every pod
+// and may change every container's spec.
+type NRI struct {
+	Enabled bool `toml:"enabled"`
+	// SocketPath is where plugins connect (root only, mode 0600).
+	SocketPath string `toml:"socket_path"`
+	// PluginPath holds plugins hyperlet starts itself ("NN-name"
+	// executables), PluginConfigPath their configuration.
+	PluginPath       string `toml:"plugin_path"`
+	PluginConfigPath string `toml:"plugin_config_path"`
+	// RegistrationTimeout bounds a plugin's registration, RequestTimeout
+	// each of its hooks (a hook that overruns fails its step).
+	RegistrationTimeout time.Duration `toml:"registration_timeout"`
+	RequestTimeout      time.Duration `toml:"request_timeout"`
 }
 
 // HostRuntime runs the pods a VM cannot hold (host network, PID or IPC
@@ -182,6 +201,9 @@ func Default() Config {
 		MemoryOverheadMiB: 256, Pids: 512, NoFile: 4096, ConsoleLimitBytes: 1 << 20,
 	}, HostRuntime: HostRuntime{
 		Enabled: true, Endpoint: "/run/containerd/containerd.sock", Handlers: []string{"runc"},
+	}, NRI: NRI{
+		SocketPath: "/var/run/nri/nri.sock", PluginPath: "/opt/nri/plugins", PluginConfigPath: "/etc/nri/conf.d",
+		RegistrationTimeout: 5 * time.Second, RequestTimeout: 2 * time.Second,
 	}}
 }
 
@@ -254,6 +276,14 @@ func (c Config) Validate() error {
 	}
 	if c.Jail.ConsoleLimitBytes < 4096 {
 		return fmt.Errorf("jail.console_limit_bytes: %d is below 4096", c.Jail.ConsoleLimitBytes)
+	}
+	if c.NRI.Enabled {
+		if !filepath.IsAbs(c.NRI.SocketPath) {
+			return fmt.Errorf("nri.socket_path: %q is not absolute", c.NRI.SocketPath)
+		}
+		if c.NRI.RequestTimeout <= 0 || c.NRI.RegistrationTimeout <= 0 {
+			return errors.New("nri.request_timeout and nri.registration_timeout must be positive")
+		}
 	}
 	return nil
 }

@@ -44,6 +44,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := m.reserveName(c.name(), id); err != nil {
 		return nil, err
 	}
+	defer m.hooks.Block()()
 	defer func() {
 		if retErr != nil {
 			m.releaseName(c.name(), id)
@@ -112,27 +113,17 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := failpoint.Hit("create-container:before-volumes"); err != nil {
 		return nil, err
 	}
-	userns := ""
-	if pid := pod.VMPID(); pid > 0 {
-		userns = fmt.Sprintf("/proc/%d/ns/user", pid)
-	}
 	var hostMounts []*runtime.Mount
 	for _, mnt := range cfg.Mounts {
 		if mnt.GetImage() == nil {
 			hostMounts = append(hostMounts, mnt)
 		}
 	}
-	mounts, err := shareMounts(pod.rec.VM.SharedDir, userns, id, hostMounts)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if retErr != nil {
-			unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
-		}
-	}()
+	// The spec names the volumes' host paths until the NRI plugins have
+	// seen (and perhaps adjusted) it; then every host bind it holds is
+	// shared into the VM and named by its guest path.
 	spec, user, err := oci.Spec(oci.Input{
-		Mounts:  mounts,
+		Mounts:  hostBinds(hostMounts),
 		Config:  cfg,
 		Sandbox: pod.cfg,
 		Image: oci.ImageConfig{
@@ -147,6 +138,35 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
 	case err != nil:
 		return nil, err
+	}
+	guestMounts := guestSourced(spec.Mounts, hostMounts)
+	if err := m.hooks.CreateContainer(ctx, pod, c, spec); err != nil {
+		return nil, fmt.Errorf("NRI CreateContainer: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			m.undoContainerHooks(pod, c)
+		}
+	}()
+	if err := failpoint.Hit("create-container:before-volumes"); err != nil {
+		return nil, err
+	}
+	userns := ""
+	if pid := pod.VMPID(); pid > 0 {
+		userns = fmt.Sprintf("/proc/%d/ns/user", pid)
+	}
+	volumes, at := volumesOf(spec.Mounts, hostMounts, guestMounts)
+	mounts, err := shareMounts(pod.rec.VM.SharedDir, userns, id, volumes)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
+		}
+	}()
+	for k, i := range at {
+		spec.Mounts[i] = mounts[k]
 	}
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err
@@ -181,5 +201,21 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	m.mu.Unlock()
 	m.event(c, runtime.ContainerEventType_CONTAINER_CREATED_EVENT)
 	klog.InfoS("container created", "container", id, "pod", pod.ID(), "name", cfg.Metadata.Name, "image", imageID)
+	if err := m.hooks.PostCreateContainer(ctx, pod, c); err != nil {
+		klog.ErrorS(err, "NRI PostCreateContainer", "container", id)
+	}
 	return c, nil
+}
+
+// undoContainerHooks tells the plugins a container they were told of is
+// gone.
+func (m *Manager) undoContainerHooks(p *Pod, c *Container) {
+	ctx, cancel := context.WithTimeout(context.Background(), agentCallTimeout)
+	defer cancel()
+	if err := m.hooks.StopContainer(ctx, p, c); err != nil {
+		klog.ErrorS(err, "NRI StopContainer of a container that failed to create", "container", c.ID())
+	}
+	if err := m.hooks.RemoveContainer(ctx, p, c); err != nil {
+		klog.ErrorS(err, "NRI RemoveContainer of a container that failed to create", "container", c.ID())
+	}
 }

@@ -55,7 +55,16 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	if err == nil {
 		err = failpoint.Hit("start-container:before-guest")
 	}
+	if err == nil {
+		if err = m.hooks.StartContainer(ctx, c.pod, c); err != nil {
+			err = fmt.Errorf("NRI StartContainer: %w", err)
+		}
+	}
 	if err != nil {
+		c.mu.Lock()
+		c.rec.Intent = ""
+		c.logPersistLocked()
+		c.mu.Unlock()
 		if log != nil {
 			log.Close()
 		}
@@ -66,7 +75,6 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		err = failpoint.Hit("start-container:before-record")
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.rec.Intent = ""
 	if err != nil {
 		if log != nil {
@@ -76,6 +84,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		c.rec.FinishedAt = time.Now().UnixNano()
 		c.rec.ExitCode, c.rec.Reason, c.rec.Message = 128, "StartError", err.Error()
 		c.logPersistLocked()
+		c.mu.Unlock()
 		return err
 	}
 	c.rec.State = runtime.ContainerState_CONTAINER_RUNNING
@@ -86,6 +95,10 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	// STARTED is published before the monitor can publish STOPPED.
 	m.eventLocked(c, runtime.ContainerEventType_CONTAINER_STARTED_EVENT)
 	go m.monitor(c, proc, log, false)
+	c.mu.Unlock()
+	if err := m.hooks.PostStartContainer(ctx, c.pod, c); err != nil {
+		klog.ErrorS(err, "NRI PostStartContainer", "container", c.rec.ID)
+	}
 	return nil
 }
 
@@ -161,6 +174,10 @@ func (m *Manager) monitor(c *Container, proc *agent.Process, log *crilog.File, r
 	c.mu.Unlock()
 	if log != nil {
 		log.Close()
+	}
+	// The plugins hear of the exit before a stop or removal returns.
+	if err := m.hooks.StopContainer(ctx, c.pod, c); err != nil {
+		klog.ErrorS(err, "NRI StopContainer", "container", c.rec.ID)
 	}
 	close(done)
 	klog.InfoS("container exited", "container", c.rec.ID, "code", code, "reason", reason)

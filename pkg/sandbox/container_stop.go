@@ -110,6 +110,11 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		c.release()
 		c.release = nil
 	}
+	c.mu.Unlock()
+	if err := m.hooks.RemoveContainer(ctx, c.pod, c); err != nil {
+		klog.ErrorS(err, "NRI RemoveContainer", "container", c.rec.ID)
+	}
+	c.mu.Lock()
 	m.mu.Lock()
 	delete(m.ctrs, c.rec.ID)
 	m.mu.Unlock()
@@ -135,8 +140,19 @@ func (m *Manager) ReopenLog(id string) error {
 	return c.log.Reopen()
 }
 
-// UpdateResources changes a running container's cgroup limits.
+// UpdateResources changes a running container's cgroup limits, as the NRI
+// plugins adjust them.
 func (m *Manager) UpdateResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
+	return m.updateResources(ctx, id, r, true)
+}
+
+// ApplyResources changes a container's cgroup limits without asking the
+// NRI plugins: it applies the updates they ask for themselves.
+func (m *Manager) ApplyResources(ctx context.Context, id string, r *runtime.LinuxContainerResources) error {
+	return m.updateResources(ctx, id, r, false)
+}
+
+func (m *Manager) updateResources(ctx context.Context, id string, r *runtime.LinuxContainerResources, hooks bool) error {
 	c, client, err := m.lockContainer(id)
 	if err != nil {
 		return err
@@ -145,8 +161,20 @@ func (m *Manager) UpdateResources(ctx context.Context, id string, r *runtime.Lin
 	if st := c.Status().State; st != runtime.ContainerState_CONTAINER_RUNNING && st != runtime.ContainerState_CONTAINER_CREATED {
 		return fmt.Errorf("container %s is %s: %w", id, st, ErrNotReady)
 	}
+	if hooks {
+		if r, err = m.hooks.UpdateContainer(ctx, c.pod, c, r); err != nil {
+			return fmt.Errorf("NRI UpdateContainer: %w", err)
+		}
+	}
 	if err := client.UpdateContainer(ctx, c.ID(), oci.Resources(r)); err != nil {
 		return err
+	}
+	if hooks {
+		defer func() {
+			if err := m.hooks.PostUpdateContainer(ctx, c.pod, c); err != nil {
+				klog.ErrorS(err, "NRI PostUpdateContainer", "container", id)
+			}
+		}()
 	}
 	r = proto.Clone(r).(*runtime.LinuxContainerResources)
 	c.mu.Lock()

@@ -55,6 +55,8 @@ type Config struct {
 	// VM starts (warm VMs included) and the container starts in flight;
 	// the rest queue (0: no bound).
 	MaxParallelPodStarts, MaxParallelContainerStarts int
+	// Hooks are NRI's (nil: none).
+	Hooks Hooks
 }
 
 // Manager owns every pod VM and container on the node: their records
@@ -69,6 +71,7 @@ type Manager struct {
 	pool   *pool
 	// podStarts and ctrStarts queue starts beyond the configured bounds.
 	podStarts, ctrStarts *gate
+	hooks                Hooks
 
 	mu   sync.Mutex
 	pods map[string]*Pod
@@ -89,7 +92,11 @@ func New(ctx context.Context, cfg Config, hv vm.Hypervisor, images Images) (*Man
 	}
 	m := &Manager{cfg: cfg, hv: hv, images: images, db: db,
 		pods: map[string]*Pod{}, ctrs: map[string]*Container{}, names: map[string]string{},
-		podStarts: newGate("pod start", cfg.MaxParallelPodStarts), ctrStarts: newGate("container start", cfg.MaxParallelContainerStarts)}
+		podStarts: newGate("pod start", cfg.MaxParallelPodStarts), ctrStarts: newGate("container start", cfg.MaxParallelContainerStarts),
+		hooks: cfg.Hooks}
+	if m.hooks == nil {
+		m.hooks = noHooks{}
+	}
 	if err := m.recover(ctx); err != nil {
 		db.close()
 		return nil, err

@@ -253,3 +253,86 @@ func removeShared(shared string) error {
 	}
 	return nil
 }
+
+// hostBinds are a container's CRI volumes as the spec's bind mounts of
+// their host paths: what NRI plugins see, before the volumes are shared.
+func hostBinds(ms []*runtime.Mount) []specs.Mount {
+	var out []specs.Mount
+	for _, m := range ms {
+		opts := []string{"rbind", "rw"}
+		if m.Readonly {
+			opts[1] = "ro"
+		}
+		out = append(out, specs.Mount{Destination: m.ContainerPath, Type: "bind", Source: m.HostPath, Options: opts})
+	}
+	return out
+}
+
+type mountKey struct{ dst, src, typ string }
+
+func keyOf(m specs.Mount) mountKey {
+	return mountKey{filepath.Clean(m.Destination), filepath.Clean(m.Source), m.Type}
+}
+
+// guestSourced are the spec's mounts that are not CRI volumes: the ones
+// the spec made of the guest's own files (proc, /dev, the pod's hosts
+// file...).
+func guestSourced(spec []specs.Mount, volumes []*runtime.Mount) map[mountKey]bool {
+	vols := map[mountKey]bool{}
+	for _, m := range hostBinds(volumes) {
+		vols[keyOf(m)] = true
+	}
+	out := map[mountKey]bool{}
+	for _, m := range spec {
+		if !vols[keyOf(m)] {
+			out[keyOf(m)] = true
+		}
+	}
+	return out
+}
+
+// volumesOf finds the host binds in a spec whose plugins are done with it:
+// the CRI volumes they kept and the bind mounts they added, which name host
+// paths too. It returns them as CRI mounts and the index of each in spec.
+func volumesOf(spec []specs.Mount, volumes []*runtime.Mount, guest map[mountKey]bool) ([]*runtime.Mount, []int) {
+	var (
+		out []*runtime.Mount
+		at  []int
+	)
+	for i, m := range spec {
+		if guest[keyOf(m)] || !isBind(m) {
+			continue
+		}
+		var v *runtime.Mount
+		for _, c := range volumes {
+			if filepath.Clean(c.ContainerPath) == filepath.Clean(m.Destination) && filepath.Clean(c.HostPath) == filepath.Clean(m.Source) {
+				v = c
+				break
+			}
+		}
+		if v == nil {
+			// Added by a plugin: read-only if it says so, private.
+			v = &runtime.Mount{ContainerPath: m.Destination, HostPath: m.Source}
+			for _, o := range m.Options {
+				if o == "ro" {
+					v.Readonly = true
+				}
+			}
+		}
+		out = append(out, v)
+		at = append(at, i)
+	}
+	return out, at
+}
+
+func isBind(m specs.Mount) bool {
+	if m.Type == "bind" || m.Type == "rbind" {
+		return true
+	}
+	for _, o := range m.Options {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
+}

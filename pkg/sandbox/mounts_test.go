@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
@@ -144,5 +146,32 @@ func TestShareMountsRace(t *testing.T) {
 	t.Logf("%d of 200 mounts made, %d entries swapped for symlinks", mounted, swaps)
 	if swaps == 0 {
 		t.Error("the attacker never got to swap an entry: the test raced nothing")
+	}
+}
+
+func TestVolumesOf(t *testing.T) {
+	vols := []*runtime.Mount{
+		{ContainerPath: "/data", HostPath: "/srv/data", Readonly: true, RecursiveReadOnly: true},
+		{ContainerPath: "/etc/hosts", HostPath: "/var/lib/kubelet/hosts"},
+	}
+	defaults := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev/shm", Type: "bind", Source: "/run/hyperlet/pod/shm", Options: []string{"rbind"}},
+	}
+	spec := append(append([]specs.Mount{}, defaults...), hostBinds(vols)...)
+	guest := guestSourced(spec, vols)
+	// A plugin removed /etc/hosts, added a host bind and a tmpfs.
+	spec = append(spec[:3],
+		specs.Mount{Destination: "/extra", Type: "bind", Source: "/srv/extra", Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs"})
+	got, at := volumesOf(spec, vols, guest)
+	if len(got) != 2 || !slices.Equal(at, []int{2, 3}) {
+		t.Fatalf("volumes %v at %v", got, at)
+	}
+	if got[0] != vols[0] {
+		t.Errorf("a kept CRI volume lost its fields: %v", got[0])
+	}
+	if got[1].HostPath != "/srv/extra" || got[1].ContainerPath != "/extra" || !got[1].Readonly || got[1].Propagation != runtime.MountPropagation_PROPAGATION_PRIVATE {
+		t.Errorf("a plugin's bind: %v", got[1])
 	}
 }

@@ -42,6 +42,9 @@ type Pod struct {
 	rec   podRecord
 	vm    vm.VM
 	agent *agent.Client
+	// hooksStopped is set once the NRI plugins were told the pod stopped
+	// (or it was restored stopped).
+	hooksStopped bool
 }
 
 // ID is the pod's ID.

@@ -134,6 +134,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		return nil, err
 	}
 	defer m.podStarts.leave()
+	defer m.hooks.Block()()
 	vc, err := m.baseVM(ctx, id[:16])
 	if err != nil {
 		return nil, fmt.Errorf("%w: no usable VM accelerator: %v", ErrNotReady, err)
@@ -234,9 +235,20 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if err := failpoint.Hit("run-pod:before-ready"); err != nil {
 		return nil, err
 	}
+	// The plugins see the pod before anyone else: it is listed once they
+	// all agreed. A refusal tells those that saw it that it is gone.
+	if err := m.hooks.RunPodSandbox(ctx, p); err != nil {
+		m.undoPodHooks(p)
+		return nil, fmt.Errorf("NRI RunPodSandbox: %w", err)
+	}
+	if err := failpoint.Hit("run-pod:after-hooks"); err != nil {
+		m.undoPodHooks(p)
+		return nil, err
+	}
 	p.vm, p.agent = v, client
 	p.rec.State = runtime.PodSandboxState_SANDBOX_READY
 	if err := p.persist(); err != nil {
+		m.undoPodHooks(p)
 		return nil, fmt.Errorf("persist pod: %w", err)
 	}
 	m.mu.Lock()
@@ -245,6 +257,18 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	go p.watchVM(v)
 	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", vc.Accel, "boot", p.rec.Boot)
 	return p, nil
+}
+
+// undoPodHooks tells the plugins a pod they were told of is gone.
+func (m *Manager) undoPodHooks(p *Pod) {
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	if err := m.hooks.StopPodSandbox(ctx, p); err != nil {
+		klog.ErrorS(err, "NRI StopPodSandbox of a pod that failed to start", "pod", p.ID())
+	}
+	if err := m.hooks.RemovePodSandbox(ctx, p); err != nil {
+		klog.ErrorS(err, "NRI RemovePodSandbox of a pod that failed to start", "pod", p.ID())
+	}
 }
 
 func podSetup(cfg *runtime.PodSandboxConfig, ips []string) *agent.PodSetup {

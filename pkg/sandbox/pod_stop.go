@@ -30,6 +30,17 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	}
 	p.op.Lock()
 	defer p.op.Unlock()
+	// The plugins hear of the stop once, with the containers stopped and
+	// the pod still there.
+	p.mu.Lock()
+	tell := !p.hooksStopped
+	p.hooksStopped = true
+	p.mu.Unlock()
+	if tell {
+		if err := m.hooks.StopPodSandbox(ctx, p); err != nil {
+			klog.ErrorS(err, "NRI StopPodSandbox", "pod", p.ID())
+		}
+	}
 	p.stopVM(ctx)
 	// With the VM gone nothing reads the shared volumes: release the binds
 	// now, so kubelet's unmount of a stopped pod's volumes frees them
@@ -121,6 +132,9 @@ func (m *Manager) RemovePod(ctx context.Context, id string) error {
 	}
 	if err := m.db.delete(podsBucket, p.ID()); err != nil {
 		return fmt.Errorf("delete pod record: %w", err)
+	}
+	if err := m.hooks.RemovePodSandbox(ctx, p); err != nil {
+		klog.ErrorS(err, "NRI RemovePodSandbox", "pod", p.ID())
 	}
 	m.mu.Lock()
 	delete(m.pods, p.ID())

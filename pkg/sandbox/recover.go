@@ -109,7 +109,7 @@ func (m *Manager) restorePod(ctx context.Context, r *podRecord) (*Pod, error) {
 	if r.Images == nil {
 		r.Images = map[string]vm.DiskAddr{}
 	}
-	p := &Pod{m: m, cfg: cfg, rec: *r}
+	p := &Pod{m: m, cfg: cfg, rec: *r, hooksStopped: r.State != runtime.PodSandboxState_SANDBOX_READY}
 	v, err := m.hv.Attach(ctx, r.VM)
 	if err != nil {
 		if p.rec.State == runtime.PodSandboxState_SANDBOX_READY {
