@@ -302,12 +302,15 @@ func adjust(spec *specs.Spec, a *api.ContainerAdjustment) error {
 		return fmt.Errorf("network devices: %w", errUnsupported)
 	case lx.GetCgroupsPath() != "":
 		return fmt.Errorf("a cgroups path: %w", errUnsupported)
-	case lx.GetResources().GetBlockioClass().Get() != nil || lx.GetResources().GetRdtClass().Get() != nil || lx.GetRdt() != nil:
+	case nonEmpty(lx.GetResources().GetBlockioClass()) || nonEmpty(lx.GetResources().GetRdtClass()) ||
+		nonEmpty(lx.GetRdt().GetClosId()) || len(lx.GetRdt().GetSchemata().GetValue()) > 0:
 		return fmt.Errorf("block I/O and RDT classes: %w", errUnsupported)
 	}
 	g := rgen.NewFromSpec(spec)
 	return nrigen.SpecGenerator(&g).Adjust(a)
 }
+
+func nonEmpty(s *api.OptionalString) bool { return s.Get() != nil && *s.Get() != "" }
 
 // klogLogger sends NRI's logs to klog.
 type klogLogger struct{}
