@@ -165,9 +165,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 			unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
 		}
 	}()
-	for k, i := range at {
-		spec.Mounts[i] = mounts[k]
-	}
+	spec.Mounts = placeVolumes(spec.Mounts, at, mounts)
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err
 	}

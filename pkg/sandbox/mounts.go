@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -59,9 +60,9 @@ func makeShared(shared string) (retErr error) {
 }
 
 // shareMounts mounts a container's volumes into the pod's shared directory
-// and returns the spec mounts that use them. userns is the VM's user
-// namespace (/proc/PID/ns/user), "" for none.
-func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.Mount, retErr error) {
+// and returns, for each, the spec mounts that use it (its submounts after
+// it). userns is the VM's user namespace (/proc/PID/ns/user), "" for none.
+func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ [][]specs.Mount, retErr error) {
 	if len(ms) == 0 {
 		return nil, nil
 	}
@@ -86,7 +87,7 @@ func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.M
 		}
 		defer unix.Close(usernsFD)
 	}
-	var out []specs.Mount
+	var out [][]specs.Mount
 	for i, m := range ms {
 		if m.Image != nil {
 			return nil, fmt.Errorf("%w: image volumes", ErrUnimplemented)
@@ -113,25 +114,75 @@ func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ []specs.M
 			return nil, fmt.Errorf("%w: mount source %s: %v", ErrInvalid, m.HostPath, err)
 		}
 		name := fmt.Sprintf("%s%d", prefix, i)
-		if err := mountVolume(root, name, usernsFD, m, st.IsDir()); err != nil {
+		// A private volume's submounts get entries of their own, bound
+		// over their places in the guest: a clone holding them would pin
+		// their mount points on the host, whose rmdir then fails (EBUSY)
+		// while the pod lives. A propagating volume is cloned whole, as
+		// later mounts must reach it.
+		var subs []string
+		if m.Propagation == runtime.MountPropagation_PROPAGATION_PRIVATE && st.IsDir() {
+			if subs, err = submounts(m.HostPath); err != nil {
+				return nil, err
+			}
+		}
+		if err := mountVolume(root, name, usernsFD, m, st.IsDir(), m.Propagation != runtime.MountPropagation_PROPAGATION_PRIVATE); err != nil {
 			return nil, fmt.Errorf("mount %s: %w", m.HostPath, err)
 		}
 		// Read-only is enforced by the host mount (see mountVolume); the
 		// guest cannot tell submounts apart over 9p.
-		opts := []string{"rbind", "rw"}
-		out = append(out, specs.Mount{
+		group := []specs.Mount{{
 			Destination: m.ContainerPath, Type: "bind",
-			Source: agentapi.SharedDir + "/" + name, Options: opts,
-		})
+			Source: agentapi.SharedDir + "/" + name, Options: []string{"rbind", "rw"},
+		}}
+		for k, sub := range subs {
+			rel, _ := filepath.Rel(m.HostPath, sub)
+			sm := &runtime.Mount{HostPath: sub, ContainerPath: filepath.Join(m.ContainerPath, rel), Readonly: m.RecursiveReadOnly}
+			sst, err := os.Stat(sub)
+			if err != nil {
+				return nil, fmt.Errorf("%w: submount %s: %v", ErrInvalid, sub, err)
+			}
+			subName := fmt.Sprintf("%s.%d", name, k)
+			if err := mountVolume(root, subName, usernsFD, sm, sst.IsDir(), false); err != nil {
+				return nil, fmt.Errorf("mount %s: %w", sub, err)
+			}
+			group = append(group, specs.Mount{
+				Destination: sm.ContainerPath, Type: "bind",
+				Source: agentapi.SharedDir + "/" + subName, Options: []string{"rbind", "rw"},
+			})
+		}
+		out = append(out, group)
 	}
 	return out, nil
 }
 
-// mountVolume clones m.HostPath's mount tree, idmaps it to the VM's user
+// submounts lists the mount points below dir, shallowest first (mounts
+// stacked on one point in the order they were made).
+func submounts(dir string) ([]string, error) {
+	dir = filepath.Clean(dir)
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Mountpoint != dir {
+			out = append(out, m.Mountpoint)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return strings.Count(out[i], "/") < strings.Count(out[j], "/") })
+	return slices.Compact(out), nil
+}
+
+// mountVolume clones m.HostPath's mount (with its submounts if recursive),
+// idmaps it to the VM's user
 // namespace (when the filesystems allow it), and attaches it on a new entry
 // name of the directory root, by fd.
-func mountVolume(root int, name string, usernsFD int, m *runtime.Mount, dir bool) error {
-	tree, err := unix.OpenTree(unix.AT_FDCWD, m.HostPath, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+func mountVolume(root int, name string, usernsFD int, m *runtime.Mount, dir, recursive bool) error {
+	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
+	if recursive {
+		flags |= unix.AT_RECURSIVE
+	}
+	tree, err := unix.OpenTree(unix.AT_FDCWD, m.HostPath, flags)
 	if err != nil {
 		return fmt.Errorf("clone mount: %w", err)
 	}
@@ -335,4 +386,20 @@ func isBind(m specs.Mount) bool {
 		}
 	}
 	return false
+}
+
+// placeVolumes replaces the spec mount at each index in at with the guest
+// mounts of its volume.
+func placeVolumes(spec []specs.Mount, at []int, groups [][]specs.Mount) []specs.Mount {
+	var out []specs.Mount
+	k := 0
+	for i, m := range spec {
+		if k < len(at) && at[k] == i {
+			out = append(out, groups[k]...)
+			k++
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
@@ -34,7 +35,7 @@ func TestShareMounts(t *testing.T) {
 	os.WriteFile(file, []byte("f"), 0o644)
 	id := strings.Repeat("a", 64)
 
-	specMounts, err := shareMounts(shared, "", id, []*runtime.Mount{
+	groups, err := shareMounts(shared, "", id, []*runtime.Mount{
 		{ContainerPath: "/d", HostPath: dir, Readonly: true},
 		{ContainerPath: "/f", HostPath: file},
 		{ContainerPath: "/n", HostPath: filepath.Join(host, "new")},
@@ -42,8 +43,8 @@ func TestShareMounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(specMounts) != 3 || specMounts[0].Source != agentapi.SharedDir+"/aaaaaaaaaaaaaaaa-0" {
-		t.Fatalf("spec mounts %+v", specMounts)
+	if len(groups) != 3 || len(groups[0]) != 1 || groups[0][0].Source != agentapi.SharedDir+"/aaaaaaaaaaaaaaaa-0" {
+		t.Fatalf("spec mounts %+v", groups)
 	}
 	if b, _ := os.ReadFile(filepath.Join(shared, "aaaaaaaaaaaaaaaa-0", "keep")); string(b) != "precious" {
 		t.Fatalf("bind of dir not visible: %q", b)
@@ -173,5 +174,51 @@ func TestVolumesOf(t *testing.T) {
 	}
 	if got[1].HostPath != "/srv/extra" || got[1].ContainerPath != "/extra" || !got[1].Readonly || got[1].Propagation != runtime.MountPropagation_PROPAGATION_PRIVATE {
 		t.Errorf("a plugin's bind: %v", got[1])
+	}
+}
+
+// A private volume's submount gets its own entry: read-only with the
+// volume only under recursive read-only, and never pinning the host's
+// mount point, which the host can unmount and remove while the pod lives.
+func TestShareMountsSubmounts(t *testing.T) {
+	for _, rro := range []bool{false, true} {
+		t.Run(fmt.Sprintf("recursive=%v", rro), func(t *testing.T) {
+			shared := filepath.Join(t.TempDir(), "shared")
+			if err := makeShared(shared); err != nil {
+				t.Fatalf("this test needs root (mounts): %v", err)
+			}
+			defer removeShared(shared)
+			host := t.TempDir()
+			sub := filepath.Join(host, "tmpfs")
+			os.Mkdir(sub, 0o755)
+			if err := unix.Mount("t", sub, "tmpfs", 0, ""); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Unmount(sub, unix.MNT_DETACH)
+			id := strings.Repeat("c", 64)
+			groups, err := shareMounts(shared, "", id, []*runtime.Mount{{ContainerPath: "/v", HostPath: host, Readonly: true, RecursiveReadOnly: rro}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(groups) != 1 || len(groups[0]) != 2 || groups[0][1].Destination != "/v/tmpfs" || groups[0][1].Source != agentapi.SharedDir+"/cccccccccccccccc-0.0" {
+				t.Fatalf("spec mounts %+v", groups)
+			}
+			if err := os.WriteFile(filepath.Join(shared, "cccccccccccccccc-0", "x"), nil, 0o644); err == nil {
+				t.Error("the read-only volume is writable")
+			}
+			err = os.WriteFile(filepath.Join(shared, "cccccccccccccccc-0.0", "x"), nil, 0o644)
+			if rro != (err != nil) {
+				t.Errorf("write to the submount: %v, recursive read-only %v", err, rro)
+			}
+			if err := unix.Unmount(sub, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(sub); err != nil {
+				t.Errorf("the host cannot remove its submount's mount point while shared: %v", err)
+			}
+			if err := unshareMounts(shared, id[:16]+"-"); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
