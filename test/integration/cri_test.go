@@ -909,6 +909,7 @@ func TestCRINetworking(t *testing.T) {
 	if err != nil || string(r.Stdout) != "web-host\n" {
 		t.Errorf("pod to pod: %v %v stderr %s", r.GetStdout(), err, r.GetStderr())
 	}
+	checkPodMetrics(t, d, ctx, web)
 
 	for _, p := range []string{web, client} {
 		if _, err := d.rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p}); err != nil {
