@@ -37,7 +37,44 @@ func containerStats(id string) (*agentapi.ContainerStatsResponse, error) {
 	r.PageFaults = cgroupKey(memStat, "pgfault")
 	r.MajorPageFaults = cgroupKey(memStat, "pgmajfault")
 	r.Pids = readUint(filepath.Join(cg, "pids.current"))
+	cpuStat := filepath.Join(cg, "cpu.stat")
+	r.CpuUserNano = cgroupKey(cpuStat, "user_usec") * 1000
+	r.CpuSystemNano = cgroupKey(cpuStat, "system_usec") * 1000
+	r.CpuPeriods = cgroupKey(cpuStat, "nr_periods")
+	r.CpuThrottledPeriods = cgroupKey(cpuStat, "nr_throttled")
+	r.CpuThrottledNano = cgroupKey(cpuStat, "throttled_usec") * 1000
+	r.MemoryCacheBytes = cgroupKey(memStat, "file")
+	r.MemoryKernelBytes = cgroupKey(memStat, "kernel")
+	r.MemoryMappedFileBytes = cgroupKey(memStat, "file_mapped")
+	r.MemoryMaxUsageBytes = readUint(filepath.Join(cg, "memory.peak"))
+	r.MemorySwapBytes = readUint(filepath.Join(cg, "memory.swap.current"))
+	events := filepath.Join(cg, "memory.events")
+	r.MemoryLimitHits = cgroupKey(events, "max")
+	r.OomKills = cgroupKey(events, "oom_kill")
+	r.PidsMax = readUint(filepath.Join(cg, "pids.max")) // "max" reads as 0
+	for _, l := range strings.Split(readString(filepath.Join(cg, "io.stat")), "\n") {
+		for _, kv := range strings.Fields(l)[min(1, len(strings.Fields(l))):] {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseUint(v, 10, 64)
+			switch k {
+			case "rbytes":
+				r.IoReadBytes += n
+			case "wbytes":
+				r.IoWriteBytes += n
+			case "rios":
+				r.IoReads += n
+			case "wios":
+				r.IoWrites += n
+			}
+		}
+	}
+	r.Processes, r.FileDescriptors, r.Sockets = processFiles(cg)
 	upper := filepath.Join(bundleDir(id), "upper")
+	var fsst syscall.Statfs_t
+	if syscall.Statfs(upper, &fsst) == nil {
+		r.WritableLayerLimitBytes = fsst.Blocks * uint64(fsst.Bsize)
+		r.WritableLayerInodesFree = fsst.Ffree
+	}
 	filepath.WalkDir(upper, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
@@ -60,4 +97,35 @@ func readUint(file string) uint64 {
 	}
 	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	return n
+}
+
+func readString(file string) string {
+	b, _ := os.ReadFile(file)
+	return string(b)
+}
+
+// processFiles counts the processes of a cgroup tree, their open file
+// descriptors and, of those, sockets.
+func processFiles(cg string) (procs, fds, sockets uint64) {
+	filepath.WalkDir(cg, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		for _, pid := range strings.Fields(readString(path)) {
+			procs++
+			dir := filepath.Join("/proc", pid, "fd")
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				continue
+			}
+			for _, e := range ents {
+				fds++
+				if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+					sockets++
+				}
+			}
+		}
+		return nil
+	})
+	return procs, fds, sockets
 }

@@ -14,9 +14,22 @@ type ContainerStats struct {
 	MemoryRSSBytes        uint64
 	PageFaults            uint64
 	MajorPageFaults       uint64
-	// The writable layer (a tmpfs in the guest).
-	WritableLayerBytes, WritableLayerInodes uint64
-	Pids                                    uint64
+	// The writable layer (a tmpfs in the guest) and its filesystem.
+	WritableLayerBytes, WritableLayerInodes          uint64
+	WritableLayerLimitBytes, WritableLayerInodesFree uint64
+	// Pids counts tasks (threads); PidsMax is their limit (0: none).
+	Pids, PidsMax                              uint64
+	Processes, FileDescriptors, Sockets        uint64
+	CPUUserNanos, CPUSystemNanos               uint64
+	CPUPeriods, CPUThrottledPeriods            uint64
+	CPUThrottledNanos                          uint64
+	MemoryCacheBytes, MemoryKernelBytes        uint64
+	MemoryMappedFileBytes, MemoryMaxUsageBytes uint64
+	MemorySwapBytes                            uint64
+	// MemoryLimitHits counts the times usage reached the limit; OOMKills
+	// the processes the OOM killer took.
+	MemoryLimitHits, OOMKills                    uint64
+	IOReadBytes, IOWriteBytes, IOReads, IOWrites uint64
 }
 
 // statsTimeout bounds one container's stats call.
@@ -45,7 +58,15 @@ func (m *Manager) ContainerStats(ctx context.Context, id string) (*ContainerStat
 		MemoryWorkingSetBytes: st.MemoryWorkingSetBytes, MemoryRSSBytes: st.MemoryRssBytes,
 		PageFaults: st.PageFaults, MajorPageFaults: st.MajorPageFaults,
 		WritableLayerBytes: st.WritableLayerBytes, WritableLayerInodes: st.WritableLayerInodes,
-		Pids: st.Pids,
+		WritableLayerLimitBytes: st.WritableLayerLimitBytes, WritableLayerInodesFree: st.WritableLayerInodesFree,
+		Pids: st.Pids, PidsMax: st.PidsMax,
+		Processes: st.Processes, FileDescriptors: st.FileDescriptors, Sockets: st.Sockets,
+		CPUUserNanos: st.CpuUserNano, CPUSystemNanos: st.CpuSystemNano,
+		CPUPeriods: st.CpuPeriods, CPUThrottledPeriods: st.CpuThrottledPeriods, CPUThrottledNanos: st.CpuThrottledNano,
+		MemoryCacheBytes: st.MemoryCacheBytes, MemoryKernelBytes: st.MemoryKernelBytes,
+		MemoryMappedFileBytes: st.MemoryMappedFileBytes, MemoryMaxUsageBytes: st.MemoryMaxUsageBytes,
+		MemorySwapBytes: st.MemorySwapBytes, MemoryLimitHits: st.MemoryLimitHits, OOMKills: st.OomKills,
+		IOReadBytes: st.IoReadBytes, IOWriteBytes: st.IoWriteBytes, IOReads: st.IoReads, IOWrites: st.IoWrites,
 	}, nil
 }
 

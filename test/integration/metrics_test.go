@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -58,6 +59,22 @@ func checkPodMetrics(t *testing.T, d *criDaemon, ctx context.Context, pod string
 	} {
 		if v, ok := value(pm.Metrics, c.name, c.label...); !ok || v < c.min {
 			t.Errorf("pod metric %s%v = %d (found %v), want at least %d", c.name, c.label, v, ok, c.min)
+		}
+	}
+	// Every metric described is reported, but the block I/O ones (the
+	// writable layer is in guest memory: no I/O to count).
+	found := map[string]bool{}
+	for _, m := range pm.Metrics {
+		found[m.Name] = true
+	}
+	for _, c := range pm.ContainerMetrics {
+		for _, m := range c.Metrics {
+			found[m.Name] = true
+		}
+	}
+	for _, desc := range dr.Descriptors {
+		if !found[desc.Name] && !strings.Contains(desc.Name, "_fs_reads") && !strings.Contains(desc.Name, "_fs_writes") && !strings.Contains(desc.Name, "blkio") {
+			t.Errorf("metric %s described but not reported", desc.Name)
 		}
 	}
 	if len(pm.ContainerMetrics) != 1 {

@@ -1964,8 +1964,36 @@ type ContainerStatsResponse struct {
 	WritableLayerInodes   uint64                 `protobuf:"varint,8,opt,name=writable_layer_inodes,json=writableLayerInodes,proto3" json:"writable_layer_inodes,omitempty"`
 	Pids                  uint64                 `protobuf:"varint,9,opt,name=pids,proto3" json:"pids,omitempty"`
 	TimestampUnixNano     int64                  `protobuf:"varint,10,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// cpu.stat
+	CpuUserNano         uint64 `protobuf:"varint,11,opt,name=cpu_user_nano,json=cpuUserNano,proto3" json:"cpu_user_nano,omitempty"`
+	CpuSystemNano       uint64 `protobuf:"varint,12,opt,name=cpu_system_nano,json=cpuSystemNano,proto3" json:"cpu_system_nano,omitempty"`
+	CpuPeriods          uint64 `protobuf:"varint,13,opt,name=cpu_periods,json=cpuPeriods,proto3" json:"cpu_periods,omitempty"`
+	CpuThrottledPeriods uint64 `protobuf:"varint,14,opt,name=cpu_throttled_periods,json=cpuThrottledPeriods,proto3" json:"cpu_throttled_periods,omitempty"`
+	CpuThrottledNano    uint64 `protobuf:"varint,15,opt,name=cpu_throttled_nano,json=cpuThrottledNano,proto3" json:"cpu_throttled_nano,omitempty"`
+	// memory.stat, memory.peak, memory.swap.current, memory.events
+	MemoryCacheBytes      uint64 `protobuf:"varint,16,opt,name=memory_cache_bytes,json=memoryCacheBytes,proto3" json:"memory_cache_bytes,omitempty"`
+	MemoryKernelBytes     uint64 `protobuf:"varint,17,opt,name=memory_kernel_bytes,json=memoryKernelBytes,proto3" json:"memory_kernel_bytes,omitempty"`
+	MemoryMappedFileBytes uint64 `protobuf:"varint,18,opt,name=memory_mapped_file_bytes,json=memoryMappedFileBytes,proto3" json:"memory_mapped_file_bytes,omitempty"`
+	MemoryMaxUsageBytes   uint64 `protobuf:"varint,19,opt,name=memory_max_usage_bytes,json=memoryMaxUsageBytes,proto3" json:"memory_max_usage_bytes,omitempty"`
+	MemorySwapBytes       uint64 `protobuf:"varint,20,opt,name=memory_swap_bytes,json=memorySwapBytes,proto3" json:"memory_swap_bytes,omitempty"`
+	MemoryLimitHits       uint64 `protobuf:"varint,21,opt,name=memory_limit_hits,json=memoryLimitHits,proto3" json:"memory_limit_hits,omitempty"`
+	OomKills              uint64 `protobuf:"varint,22,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// pids.max (0: no limit), the container's processes and their open
+	// files and sockets.
+	PidsMax         uint64 `protobuf:"varint,23,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`
+	Processes       uint64 `protobuf:"varint,24,opt,name=processes,proto3" json:"processes,omitempty"`
+	FileDescriptors uint64 `protobuf:"varint,25,opt,name=file_descriptors,json=fileDescriptors,proto3" json:"file_descriptors,omitempty"`
+	Sockets         uint64 `protobuf:"varint,26,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// The writable layer's filesystem.
+	WritableLayerLimitBytes uint64 `protobuf:"varint,27,opt,name=writable_layer_limit_bytes,json=writableLayerLimitBytes,proto3" json:"writable_layer_limit_bytes,omitempty"`
+	WritableLayerInodesFree uint64 `protobuf:"varint,28,opt,name=writable_layer_inodes_free,json=writableLayerInodesFree,proto3" json:"writable_layer_inodes_free,omitempty"`
+	// io.stat, summed over devices.
+	IoReadBytes   uint64 `protobuf:"varint,29,opt,name=io_read_bytes,json=ioReadBytes,proto3" json:"io_read_bytes,omitempty"`
+	IoWriteBytes  uint64 `protobuf:"varint,30,opt,name=io_write_bytes,json=ioWriteBytes,proto3" json:"io_write_bytes,omitempty"`
+	IoReads       uint64 `protobuf:"varint,31,opt,name=io_reads,json=ioReads,proto3" json:"io_reads,omitempty"`
+	IoWrites      uint64 `protobuf:"varint,32,opt,name=io_writes,json=ioWrites,proto3" json:"io_writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerStatsResponse) Reset() {
@@ -2064,6 +2092,160 @@ func (x *ContainerStatsResponse) GetPids() uint64 {
 func (x *ContainerStatsResponse) GetTimestampUnixNano() int64 {
 	if x != nil {
 		return x.TimestampUnixNano
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuUserNano() uint64 {
+	if x != nil {
+		return x.CpuUserNano
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuSystemNano() uint64 {
+	if x != nil {
+		return x.CpuSystemNano
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuPeriods() uint64 {
+	if x != nil {
+		return x.CpuPeriods
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuThrottledPeriods() uint64 {
+	if x != nil {
+		return x.CpuThrottledPeriods
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetCpuThrottledNano() uint64 {
+	if x != nil {
+		return x.CpuThrottledNano
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryCacheBytes() uint64 {
+	if x != nil {
+		return x.MemoryCacheBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryKernelBytes() uint64 {
+	if x != nil {
+		return x.MemoryKernelBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryMappedFileBytes() uint64 {
+	if x != nil {
+		return x.MemoryMappedFileBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryMaxUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryMaxUsageBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemorySwapBytes() uint64 {
+	if x != nil {
+		return x.MemorySwapBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetMemoryLimitHits() uint64 {
+	if x != nil {
+		return x.MemoryLimitHits
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetPidsMax() uint64 {
+	if x != nil {
+		return x.PidsMax
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetProcesses() uint64 {
+	if x != nil {
+		return x.Processes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetFileDescriptors() uint64 {
+	if x != nil {
+		return x.FileDescriptors
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetSockets() uint64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetWritableLayerLimitBytes() uint64 {
+	if x != nil {
+		return x.WritableLayerLimitBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetWritableLayerInodesFree() uint64 {
+	if x != nil {
+		return x.WritableLayerInodesFree
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetIoReadBytes() uint64 {
+	if x != nil {
+		return x.IoReadBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetIoWriteBytes() uint64 {
+	if x != nil {
+		return x.IoWriteBytes
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetIoReads() uint64 {
+	if x != nil {
+		return x.IoReads
+	}
+	return 0
+}
+
+func (x *ContainerStatsResponse) GetIoWrites() uint64 {
+	if x != nil {
+		return x.IoWrites
 	}
 	return 0
 }
@@ -2256,7 +2438,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x16RemoveContainerRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
 	"\x15ContainerStatsRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc6\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xd0\n" +
+	"\n" +
 	"\x16ContainerStatsResponse\x12$\n" +
 	"\x0ecpu_usage_nano\x18\x01 \x01(\x04R\fcpuUsageNano\x12,\n" +
 	"\x12memory_usage_bytes\x18\x02 \x01(\x04R\x10memoryUsageBytes\x127\n" +
@@ -2269,7 +2452,30 @@ const file_agent_proto_rawDesc = "" +
 	"\x15writable_layer_inodes\x18\b \x01(\x04R\x13writableLayerInodes\x12\x12\n" +
 	"\x04pids\x18\t \x01(\x04R\x04pids\x12.\n" +
 	"\x13timestamp_unix_nano\x18\n" +
-	" \x01(\x03R\x11timestampUnixNano\"5\n" +
+	" \x01(\x03R\x11timestampUnixNano\x12\"\n" +
+	"\rcpu_user_nano\x18\v \x01(\x04R\vcpuUserNano\x12&\n" +
+	"\x0fcpu_system_nano\x18\f \x01(\x04R\rcpuSystemNano\x12\x1f\n" +
+	"\vcpu_periods\x18\r \x01(\x04R\n" +
+	"cpuPeriods\x122\n" +
+	"\x15cpu_throttled_periods\x18\x0e \x01(\x04R\x13cpuThrottledPeriods\x12,\n" +
+	"\x12cpu_throttled_nano\x18\x0f \x01(\x04R\x10cpuThrottledNano\x12,\n" +
+	"\x12memory_cache_bytes\x18\x10 \x01(\x04R\x10memoryCacheBytes\x12.\n" +
+	"\x13memory_kernel_bytes\x18\x11 \x01(\x04R\x11memoryKernelBytes\x127\n" +
+	"\x18memory_mapped_file_bytes\x18\x12 \x01(\x04R\x15memoryMappedFileBytes\x123\n" +
+	"\x16memory_max_usage_bytes\x18\x13 \x01(\x04R\x13memoryMaxUsageBytes\x12*\n" +
+	"\x11memory_swap_bytes\x18\x14 \x01(\x04R\x0fmemorySwapBytes\x12*\n" +
+	"\x11memory_limit_hits\x18\x15 \x01(\x04R\x0fmemoryLimitHits\x12\x1b\n" +
+	"\toom_kills\x18\x16 \x01(\x04R\boomKills\x12\x19\n" +
+	"\bpids_max\x18\x17 \x01(\x04R\apidsMax\x12\x1c\n" +
+	"\tprocesses\x18\x18 \x01(\x04R\tprocesses\x12)\n" +
+	"\x10file_descriptors\x18\x19 \x01(\x04R\x0ffileDescriptors\x12\x18\n" +
+	"\asockets\x18\x1a \x01(\x04R\asockets\x12;\n" +
+	"\x1awritable_layer_limit_bytes\x18\x1b \x01(\x04R\x17writableLayerLimitBytes\x12;\n" +
+	"\x1awritable_layer_inodes_free\x18\x1c \x01(\x04R\x17writableLayerInodesFree\x12\"\n" +
+	"\rio_read_bytes\x18\x1d \x01(\x04R\vioReadBytes\x12$\n" +
+	"\x0eio_write_bytes\x18\x1e \x01(\x04R\fioWriteBytes\x12\x19\n" +
+	"\bio_reads\x18\x1f \x01(\x04R\aioReads\x12\x1b\n" +
+	"\tio_writes\x18  \x01(\x04R\bioWrites\"5\n" +
 	"\x0fOpenPortRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port* \n" +
