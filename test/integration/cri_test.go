@@ -695,6 +695,14 @@ func TestCRIVolumes(t *testing.T) {
 	if err != nil || r.ExitCode == 0 || !strings.Contains(string(r.Stdout), "read-only data") || !strings.Contains(string(r.Stderr), "Read-only file system") {
 		t.Errorf("recursive read-only volume: %v %v stdout %q stderr %q", r, err, r.GetStdout(), r.GetStderr())
 	}
+	// The pod does not pin the host's mount point: the host unmounts and
+	// removes it while the container runs (critest's cleanup does).
+	if err := syscall.Unmount(inner, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(inner); err != nil {
+		t.Errorf("remove a mount point inside a volume while the pod uses it: %v", err)
+	}
 	st, err := d.rs.Status(ctx, &runtimeapi.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
