@@ -25,6 +25,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/hostruntime"
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/jail"
+	"github.com/hyperlet/hyperlet/pkg/metrics"
 	"github.com/hyperlet/hyperlet/pkg/nri"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 	"github.com/hyperlet/hyperlet/pkg/template"
@@ -262,8 +263,25 @@ func serve(o options) error {
 		opts = append(opts, cri.WithHost(host))
 		klog.InfoS("host runtime for host-namespace pods", "endpoint", hc.Endpoint, "handlers", hc.Handlers)
 	}
+	unary := []grpc.UnaryServerInterceptor{cri.LogUnary, cri.RecoverUnary}
+	if addr := e.cfg.MetricsAddress; addr != "" {
+		m := metrics.New(pods, func() string {
+			a, err := currentAccel()
+			if err != nil {
+				return ""
+			}
+			return string(a)
+		})
+		opts = append(opts, cri.WithObserver(m))
+		unary = append([]grpc.UnaryServerInterceptor{m.Unary}, unary...)
+		go func() {
+			if err := m.Serve(ctx, addr); err != nil {
+				klog.ErrorS(err, "metrics server stopped", "address", addr)
+			}
+		}()
+	}
 	svc := cri.New(opts...)
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(cri.LogUnary, cri.RecoverUnary), grpc.ChainStreamInterceptor(cri.RecoverStream))
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(cri.RecoverStream))
 	svc.Register(g)
 
 	sigs := make(chan os.Signal, 1)

@@ -34,11 +34,15 @@ type Config struct {
 	CNI CNI `toml:"cni"`
 	// StreamAddress is where the streaming server (exec, attach,
 	// port-forward) listens; port 0 picks a free one.
-	StreamAddress string      `toml:"stream_address"`
-	Registry      Registry    `toml:"registry"`
-	Jail          Jail        `toml:"jail"`
-	HostRuntime   HostRuntime `toml:"host_runtime"`
-	NRI           NRI         `toml:"nri"`
+	StreamAddress string `toml:"stream_address"`
+	// MetricsAddress is where Prometheus metrics are served (/metrics);
+	// "" turns them off. Keep it on loopback or a scrape network: the
+	// metrics name every pod.
+	MetricsAddress string      `toml:"metrics_address"`
+	Registry       Registry    `toml:"registry"`
+	Jail           Jail        `toml:"jail"`
+	HostRuntime    HostRuntime `toml:"host_runtime"`
+	NRI            NRI         `toml:"nri"`
 }
 
 // NRI lets Node Resource Interface plugins hook into pod and container

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -24,9 +25,11 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if h := r.RuntimeHandler; h != "" && !slices.Contains(s.handlers, h) {
 		return nil, fmt.Errorf("%w: runtime handler %q is not configured", errInvalid, h)
 	}
+	start := time.Now()
 	p, err := s.pods.RunPod(ctx, r.Config, r.RuntimeHandler)
 	if err != nil {
 		return nil, err
 	}
+	s.observe.ObservePodStart(p.Boot(), time.Since(start))
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: p.ID()}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -38,8 +39,23 @@ type Service struct {
 	hostDown atomic.Bool // the host runtime's last list failed
 	network  func() error
 	streamer Streamer
-	layerFS  string // host mountpoint reported for writable layers
+	layerFS  string   // host mountpoint reported for writable layers
+	observe  Observer // metrics
 }
+
+// Observer records what the CRI layer measures (pkg/metrics).
+type Observer interface {
+	ObservePodStart(boot string, d time.Duration)
+	ObservePull(ref string, bytes int64, d time.Duration, err error)
+}
+
+// WithObserver records pod starts and image pulls.
+func WithObserver(o Observer) Option { return func(s *Service) { s.observe = o } }
+
+type noObserver struct{}
+
+func (noObserver) ObservePodStart(string, time.Duration)           {}
+func (noObserver) ObservePull(string, int64, time.Duration, error) {}
 
 // ImageStore is what the CRI ImageService needs (pkg/imageservice).
 type ImageStore interface {
@@ -82,7 +98,7 @@ func WithLayerFS(dir string) Option { return func(s *Service) { s.layerFS = dir 
 
 // New returns a Service.
 func New(opts ...Option) *Service {
-	s := &Service{version: "dev", images: noImages{}, layerFS: "/"}
+	s := &Service{version: "dev", images: noImages{}, layerFS: "/", observe: noObserver{}}
 	for _, o := range opts {
 		o(s)
 	}

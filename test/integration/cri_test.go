@@ -107,8 +107,12 @@ func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 	}
 	// "jail.key = value" and "host_runtime.key = value" lines go to their
 	// sections; without a host runtime endpoint, it is off.
-	var jailConf, hostConf, nriConf []string
+	var jailConf, hostConf, nriConf, topConf []string
 	vmConf = slices.DeleteFunc(vmConf, func(l string) bool {
+		if k, ok := strings.CutPrefix(l, "top."); ok {
+			topConf = append(topConf, k)
+			return true
+		}
 		if k, ok := strings.CutPrefix(l, "jail."); ok {
 			jailConf = append(jailConf, k)
 			return true
@@ -126,7 +130,7 @@ func startCRI(t *testing.T, vmConf ...string) *criDaemon {
 	if len(hostConf) == 0 {
 		hostConf = []string{"enabled = false"}
 	}
-	cfg := fmt.Sprintf("[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[jail]\n"+strings.Join(jailConf, "\n")+"\n\n[host_runtime]\n"+strings.Join(hostConf, "\n")+"\n\n[nri]\n"+strings.Join(nriConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
+	cfg := fmt.Sprintf(strings.Join(topConf, "\n")+"\n[vm]\nkernel = %q\ninitrd = %q\naccel = %q\n"+strings.Join(vmConf, "\n")+"\n\n[jail]\n"+strings.Join(jailConf, "\n")+"\n\n[host_runtime]\n"+strings.Join(hostConf, "\n")+"\n\n[nri]\n"+strings.Join(nriConf, "\n")+"\n\n[cni]\nconf_dir = %q\nbin_dirs = [\"/usr/lib/cni\"]\n\n[registry.mirrors.\"registry.k8s.io\"]\nendpoint = [\"http://%s\"]\n",
 		kernel(), prodInitrd(), accel, cniDir, reg.Host)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,238 @@
+// Package metrics exports hyperlet's Prometheus metrics: CRI requests by
+// method and code, pod starts by how their VM started, image pulls by
+// registry, the node's pod VMs and containers by state, the accelerator,
+// and per pod what its VM costs the host and what its containers use in the
+// guest. It serves them on their own listener, never the CRI socket.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/hyperlet/hyperlet/pkg/sandbox"
+)
+
+const namespace = "hyperlet"
+
+// Source is the node's pods and containers as the per-pod metrics read
+// them (a *sandbox.Manager).
+type Source interface {
+	Pods() []*sandbox.Pod
+	PodContainers(podID string) []*sandbox.Container
+	ContainerStats(ctx context.Context, id string) (*sandbox.ContainerStats, error)
+}
+
+// Metrics holds the registry and the metrics the CRI layer feeds.
+type Metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	podStarts   *prometheus.HistogramVec
+	pulls       *prometheus.CounterVec
+	pullBytes   *prometheus.CounterVec
+	pullLatency *prometheus.HistogramVec
+}
+
+// startBuckets cover a warm-pool start on KVM (tens of ms) to a cold boot
+// under TCG on a loaded node (a minute).
+var startBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64}
+
+// New registers hyperlet's metrics, reading pods from src and the
+// accelerator in use from accel.
+func New(src Source, accel func() string) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cri_requests_total", Help: "CRI requests by method and gRPC code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "cri_request_duration_seconds", Help: "CRI request latency by method.",
+			Buckets: []float64{0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"method"}),
+		podStarts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "pod_start_duration_seconds",
+			Help:    "RunPodSandbox latency of started pods by how their VM started: boot, template (a clone) or pool (a warm VM).",
+			Buckets: startBuckets,
+		}, []string{"boot"}),
+		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "image_pulls_total", Help: "Image pulls by registry and result (success or failure).",
+		}, []string{"registry", "result"}),
+		pullBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "image_pull_bytes_total", Help: "Bytes of the images pulled (compressed layers and config), by registry.",
+		}, []string{"registry"}),
+		pullLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "image_pull_duration_seconds", Help: "Successful image pull latency by registry.",
+			Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"registry"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.pulls, m.pullBytes, m.pullLatency,
+		&nodeCollector{src: src, accel: accel},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Unary counts and times CRI requests. It goes first in the chain, so it
+// sees the codes callers get.
+func (m *Metrics) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+// ObservePodStart records a started pod's RunPodSandbox latency.
+func (m *Metrics) ObservePodStart(boot string, d time.Duration) {
+	m.podStarts.WithLabelValues(boot).Observe(d.Seconds())
+}
+
+// ObservePull records an image pull of ref.
+func (m *Metrics) ObservePull(ref string, bytes int64, d time.Duration, err error) {
+	reg := registryOf(ref)
+	if err != nil {
+		m.pulls.WithLabelValues(reg, "failure").Inc()
+		return
+	}
+	m.pulls.WithLabelValues(reg, "success").Inc()
+	m.pullBytes.WithLabelValues(reg).Add(float64(bytes))
+	m.pullLatency.WithLabelValues(reg).Observe(d.Seconds())
+}
+
+func registryOf(ref string) string {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "invalid"
+	}
+	return r.Context().RegistryStr()
+}
+
+// Handler serves the metrics in Prometheus' formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: klogPrinter{}})
+}
+
+// Serve serves the metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	klog.InfoS("serving metrics", "address", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+type klogPrinter struct{}
+
+func (klogPrinter) Println(v ...any) { klog.ErrorS(nil, "metrics", "detail", v) }
+
+// statsTimeout bounds one scrape's calls into every guest.
+const statsTimeout = 2 * time.Second
+
+var (
+	podLabels = []string{"pod", "namespace", "uid"}
+	ctrLabels = []string{"pod", "namespace", "uid", "container"}
+
+	podsDesc      = desc("pods", "Pod VMs by state.", "state")
+	ctrsDesc      = desc("containers", "Containers of pod VMs by state.", "state")
+	accelDesc     = desc("accelerator_info", "The accelerator pod VMs run under (kvm or tcg).", "accelerator")
+	vmCPUDesc     = desc("pod_vm_cpu_seconds_total", "CPU time of the pod's VM on the host (guest, emulation and device models).", podLabels...)
+	vmRSSDesc     = desc("pod_vm_memory_rss_bytes", "Resident host memory of the pod's VM.", podLabels...)
+	vmPSSDesc     = desc("pod_vm_memory_pss_bytes", "Proportional share of host memory of the pod's VM (shared template pages split).", podLabels...)
+	netRxDesc     = desc("pod_network_receive_bytes_total", "Bytes the pod received.", append(append([]string{}, podLabels...), "interface")...)
+	netTxDesc     = desc("pod_network_transmit_bytes_total", "Bytes the pod sent.", append(append([]string{}, podLabels...), "interface")...)
+	ctrCPUDesc    = desc("container_cpu_seconds_total", "CPU time of a container in its pod's VM.", ctrLabels...)
+	ctrMemoryDesc = desc("container_memory_working_set_bytes", "Working set of a container in its pod's VM.", ctrLabels...)
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+}
+
+// nodeCollector reads the node's pods at each scrape: their series come
+// and go with the pods.
+type nodeCollector struct {
+	src   Source
+	accel func() string
+}
+
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{podsDesc, ctrsDesc, accelDesc, vmCPUDesc, vmRSSDesc, vmPSSDesc, netRxDesc, netTxDesc, ctrCPUDesc, ctrMemoryDesc} {
+		ch <- d
+	}
+}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	if a := c.accel(); a != "" {
+		ch <- prometheus.MustNewConstMetric(accelDesc, prometheus.GaugeValue, 1, a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
+	defer cancel()
+	pods := map[string]float64{}
+	ctrs := map[string]float64{}
+	for _, s := range runtimeapi.PodSandboxState_name {
+		pods[s] = 0
+	}
+	for _, s := range runtimeapi.ContainerState_name {
+		ctrs[s] = 0
+	}
+	for _, p := range c.src.Pods() {
+		state, _, _ := p.Snapshot()
+		pods[state.String()]++
+		md := p.Config().GetMetadata()
+		pl := []string{md.GetName(), md.GetNamespace(), md.GetUid()}
+		if u, err := p.VMUsage(); err == nil {
+			ch <- prometheus.MustNewConstMetric(vmCPUDesc, prometheus.CounterValue, float64(u.CPUNanos)/1e9, pl...)
+			ch <- prometheus.MustNewConstMetric(vmRSSDesc, prometheus.GaugeValue, float64(u.RSSBytes), pl...)
+			ch <- prometheus.MustNewConstMetric(vmPSSDesc, prometheus.GaugeValue, float64(u.PSSBytes), pl...)
+			for _, i := range u.Interfaces {
+				il := append(append([]string{}, pl...), i.Name)
+				ch <- prometheus.MustNewConstMetric(netRxDesc, prometheus.CounterValue, float64(i.RxBytes), il...)
+				ch <- prometheus.MustNewConstMetric(netTxDesc, prometheus.CounterValue, float64(i.TxBytes), il...)
+			}
+		}
+		for _, ctr := range c.src.PodContainers(p.ID()) {
+			st := ctr.Status()
+			ctrs[st.State.String()]++
+			if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || ctx.Err() != nil {
+				continue
+			}
+			stats, err := c.src.ContainerStats(ctx, ctr.ID())
+			if err != nil {
+				continue
+			}
+			cl := append(append([]string{}, pl...), ctr.Config().GetMetadata().GetName())
+			ch <- prometheus.MustNewConstMetric(ctrCPUDesc, prometheus.CounterValue, float64(stats.CPUUsageNanos)/1e9, cl...)
+			ch <- prometheus.MustNewConstMetric(ctrMemoryDesc, prometheus.GaugeValue, float64(stats.MemoryWorkingSetBytes), cl...)
+		}
+	}
+	for s, n := range pods {
+		ch <- prometheus.MustNewConstMetric(podsDesc, prometheus.GaugeValue, n, s)
+	}
+	for s, n := range ctrs {
+		ch <- prometheus.MustNewConstMetric(ctrsDesc, prometheus.GaugeValue, n, s)
+	}
+}
