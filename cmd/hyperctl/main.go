@@ -18,7 +18,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 )
 
-const usage = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
+const usageText = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
 
   run [-d] [--rm] [-i] [-t] [--name N] [-net host] [-runtime H] [-p HOST:POD]... [-v HOST:CTR[:ro]]...
       [-e K=V]... [--memory SIZE] [--cpus N] IMAGE [CMD...]
@@ -34,13 +34,18 @@ const usage = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
   inspect CONTAINER     print a container's status as JSON
   port-forward CONTAINER [LOCAL:]PORT...
                         forward local ports to the pod's localhost (inside its VM)
+  usage [--since T] [--format table|json|csv]
+                        each pod VM's life by the second (hyperlet only: its usage.sock)
 
-The endpoint defaults to $HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock.
+The endpoint defaults to $HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock;
+the usage endpoint to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.
 Containers are named by ID prefix or name.`
 
 type cli struct {
 	rs runtimeapi.RuntimeServiceClient
 	is runtimeapi.ImageServiceClient
+	// usageSocket is the daemon's usage endpoint, beside its CRI socket.
+	usageSocket string
 }
 
 func main() {
@@ -56,14 +61,14 @@ func main() {
 		case strings.HasPrefix(args[0], "--endpoint="):
 			endpoint, args = strings.TrimPrefix(args[0], "--endpoint="), args[1:]
 		case args[0] == "-h" || args[0] == "--help":
-			fmt.Println(usage)
+			fmt.Println(usageText)
 			return
 		default:
-			fail(2, "unknown flag %s\n%s", args[0], usage)
+			fail(2, "unknown flag %s\n%s", args[0], usageText)
 		}
 	}
 	if len(args) == 0 {
-		fail(2, "%s", usage)
+		fail(2, "%s", usageText)
 	}
 	endpoint = strings.TrimPrefix(endpoint, "unix://")
 	if abs, err := filepath.Abs(endpoint); err == nil {
@@ -74,15 +79,20 @@ func main() {
 		fail(1, "connect %s: %v", endpoint, err)
 	}
 	defer conn.Close()
-	c := &cli{rs: runtimeapi.NewRuntimeServiceClient(conn), is: runtimeapi.NewImageServiceClient(conn)}
+	c := &cli{rs: runtimeapi.NewRuntimeServiceClient(conn), is: runtimeapi.NewImageServiceClient(conn),
+		usageSocket: filepath.Join(filepath.Dir(endpoint), "usage.sock")}
+	if v := os.Getenv("HYPERCTL_USAGE_SOCKET"); v != "" {
+		c.usageSocket = v
+	}
 	ctx := context.Background()
 	cmds := map[string]func(context.Context, []string) error{
 		"run": c.run, "ps": c.ps, "exec": c.exec, "logs": c.logs, "stop": c.stop, "rm": c.rm,
 		"pull": c.pull, "images": c.images, "rmi": c.rmi, "inspect": c.inspect, "port-forward": c.portForward,
+		"usage": c.usage,
 	}
 	fn, ok := cmds[args[0]]
 	if !ok {
-		fail(2, "unknown command %q\n%s", args[0], usage)
+		fail(2, "unknown command %q\n%s", args[0], usageText)
 	}
 	err = fn(ctx, args[1:])
 	var exit utilexec.ExitError

@@ -29,6 +29,7 @@ import (
 	"github.com/hyperlet/hyperlet/pkg/nri"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
 	"github.com/hyperlet/hyperlet/pkg/template"
+	"github.com/hyperlet/hyperlet/pkg/usage"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 	"github.com/hyperlet/hyperlet/pkg/vm/qemu"
 )
@@ -263,9 +264,22 @@ func serve(o options) error {
 		opts = append(opts, cri.WithHost(host))
 		klog.InfoS("host runtime for host-namespace pods", "endpoint", hc.Endpoint, "handlers", hc.Handlers)
 	}
+	// Every pod VM's life is metered by the second, across restarts.
+	meter, err := usage.Open(o.root, pods, e.cfg.UsageRetention)
+	if err != nil {
+		return err
+	}
+	defer meter.Close()
+	go meter.Run(ctx, time.Second)
+	go func() {
+		if err := meter.Serve(ctx, filepath.Join(o.state, "usage.sock")); err != nil {
+			klog.ErrorS(err, "usage endpoint stopped")
+		}
+	}()
+
 	unary := []grpc.UnaryServerInterceptor{cri.LogUnary, cri.RecoverUnary}
 	if addr := e.cfg.MetricsAddress; addr != "" {
-		m := metrics.New(pods, func() string {
+		m := metrics.New(pods, meter, func() string {
 			a, err := currentAccel()
 			if err != nil {
 				return ""

@@ -38,11 +38,14 @@ type Config struct {
 	// MetricsAddress is where Prometheus metrics are served (/metrics);
 	// "" turns them off. Keep it on loopback or a scrape network: the
 	// metrics name every pod.
-	MetricsAddress string      `toml:"metrics_address"`
-	Registry       Registry    `toml:"registry"`
-	Jail           Jail        `toml:"jail"`
-	HostRuntime    HostRuntime `toml:"host_runtime"`
-	NRI            NRI         `toml:"nri"`
+	MetricsAddress string `toml:"metrics_address"`
+	// UsageRetention is how long the usage record of a pod VM that ended
+	// is kept (0: forever).
+	UsageRetention time.Duration `toml:"usage_retention"`
+	Registry       Registry      `toml:"registry"`
+	Jail           Jail          `toml:"jail"`
+	HostRuntime    HostRuntime   `toml:"host_runtime"`
+	NRI            NRI           `toml:"nri"`
 }
 
 // NRI lets Node Resource Interface plugins hook into pod and container
@@ -184,7 +187,7 @@ type VM struct {
 
 // Default returns the configuration used where the file is silent.
 func Default() Config {
-	return Config{StreamAddress: "127.0.0.1:0", CNI: CNI{
+	return Config{StreamAddress: "127.0.0.1:0", UsageRetention: 90 * 24 * time.Hour, CNI: CNI{
 		ConfDir: "/etc/cni/net.d",
 		BinDirs: []string{"/opt/cni/bin", "/usr/lib/cni"},
 	}, VM: VM{

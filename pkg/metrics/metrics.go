@@ -50,9 +50,15 @@ type Metrics struct {
 // under TCG on a loaded node (a minute).
 var startBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64}
 
-// New registers hyperlet's metrics, reading pods from src and the
-// accelerator in use from accel.
-func New(src Source, accel func() string) *Metrics {
+// Usage is the node's metered pod VM time (a *usage.Meter).
+type Usage interface {
+	Totals(now time.Time) (seconds, vcpuSeconds, gibSeconds, cpuSeconds float64)
+}
+
+// New registers hyperlet's metrics, reading pods from src, the usage
+// record's totals from use (nil: none) and the accelerator in use from
+// accel.
+func New(src Source, use Usage, accel func() string) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -77,6 +83,9 @@ func New(src Source, accel func() string) *Metrics {
 			Namespace: namespace, Name: "image_pull_duration_seconds", Help: "Successful image pull latency by registry.",
 			Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"registry"}),
+	}
+	if use != nil {
+		m.reg.MustRegister(&usageCollector{use: use})
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.pulls, m.pullBytes, m.pullLatency,
 		&nodeCollector{src: src, accel: accel},
@@ -235,4 +244,29 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range ctrs {
 		ch <- prometheus.MustNewConstMetric(ctrsDesc, prometheus.GaugeValue, n, s)
 	}
+}
+
+var (
+	usageSecondsDesc = desc("usage_pod_vm_seconds_total", "Seconds pod VMs ran, from the usage record (every kept VM).")
+	usageVCPUDesc    = desc("usage_vcpu_seconds_total", "vCPU-seconds pod VMs reserved.")
+	usageGiBDesc     = desc("usage_memory_gib_seconds_total", "GiB-seconds of memory pod VMs reserved.")
+	usageCPUDesc     = desc("usage_cpu_seconds_total", "Host CPU-seconds pod VMs used.")
+)
+
+// usageCollector exports the usage record's totals, which survive restarts.
+type usageCollector struct{ use Usage }
+
+func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- usageSecondsDesc
+	ch <- usageVCPUDesc
+	ch <- usageGiBDesc
+	ch <- usageCPUDesc
+}
+
+func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	s, v, g, cpu := c.use.Totals(time.Now())
+	ch <- prometheus.MustNewConstMetric(usageSecondsDesc, prometheus.CounterValue, s)
+	ch <- prometheus.MustNewConstMetric(usageVCPUDesc, prometheus.CounterValue, v)
+	ch <- prometheus.MustNewConstMetric(usageGiBDesc, prometheus.CounterValue, g)
+	ch <- prometheus.MustNewConstMetric(usageCPUDesc, prometheus.CounterValue, cpu)
 }

@@ -23,7 +23,7 @@ func (noPods) ContainerStats(context.Context, string) (*sandbox.ContainerStats, 
 }
 
 func TestUnaryAndPulls(t *testing.T) {
-	m := New(noPods{}, func() string { return "tcg" })
+	m := New(noPods{}, nil, func() string { return "tcg" })
 	info := &grpc.UnaryServerInfo{FullMethod: "/runtime.v1.RuntimeService/RunPodSandbox"}
 	for _, err := range []error{nil, nil, status.Error(codes.InvalidArgument, "bad")} {
 		m.Unary(context.Background(), nil, info, func(context.Context, any) (any, error) { return nil, err })

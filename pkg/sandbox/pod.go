@@ -53,6 +53,13 @@ func (p *Pod) ID() string { return p.rec.ID }
 // Config is the pod's CRI configuration.
 func (p *Pod) Config() *runtime.PodSandboxConfig { return p.cfg }
 
+// Size is the pod VM's vCPUs and memory.
+func (p *Pod) Size() (vcpus, memoryMiB int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rec.VM.VCPUs, p.rec.VM.MemoryMiB
+}
+
 // Snapshot returns the pod's current record.
 func (p *Pod) Snapshot() (state runtime.PodSandboxState, createdAt int64, handler string) {
 	p.mu.Lock()

@@ -33,6 +33,30 @@ type InterfaceUsage struct {
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
 const clockTicks = 100
 
+// VMCPUNanos is the host CPU time the pod's VM has used.
+func (p *Pod) VMCPUNanos() (uint64, error) {
+	pid := p.VMPID()
+	if pid <= 0 {
+		return 0, fmt.Errorf("pod %s has no VM: %w", p.ID(), ErrNotReady)
+	}
+	return procCPUNanos(pid)
+}
+
+func procCPUNanos(pid int) (uint64, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command may hold spaces and parentheses: fields follow the last ')'.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, _ := strconv.ParseUint(f[11], 10, 64)
+	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	return (utime + stime) * (1e9 / clockTicks), nil
+}
+
 // VMUsage reads the host's view of a pod's VM. It never waits on the
 // guest.
 func (p *Pod) VMUsage() (VMUsage, error) {
@@ -41,18 +65,10 @@ func (p *Pod) VMUsage() (VMUsage, error) {
 	if pid <= 0 {
 		return u, fmt.Errorf("pod %s has no VM: %w", p.ID(), ErrNotReady)
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	var err error
+	if u.CPUNanos, err = procCPUNanos(pid); err != nil {
 		return u, err
 	}
-	// The command may hold spaces and parentheses: fields follow the last ')'.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return u, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	utime, _ := strconv.ParseUint(f[11], 10, 64)
-	stime, _ := strconv.ParseUint(f[12], 10, 64)
-	u.CPUNanos = (utime + stime) * (1e9 / clockTicks)
 	if r, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid)); err == nil {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
