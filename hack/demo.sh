@@ -75,8 +75,8 @@ echo "demo: exit code $?"
 set -e
 
 echo
-echo "demo: \$ hyperctl run --rm -net host busybox sh -c 'ls /sys/class/net'   (host network: runs on the host runtime)"
-"$ctl" run --rm -net host busybox sh -c 'ls /sys/class/net | tr "\n" " "; echo'
+echo "demo: \$ hyperctl run --rm --net host busybox sh -c 'ls /sys/class/net'   (host network: runs on the host runtime)"
+"$ctl" run --rm --net host busybox sh -c 'ls /sys/class/net | tr "\n" " "; echo'
 
 echo
 echo "demo: \$ hyperctl run -d --name web -p 8080:80 busybox httpd -f -p 80 -h /etc"

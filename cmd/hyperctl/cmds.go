@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,64 +14,48 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-func (c *cli) ps(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("ps", flag.ContinueOnError)
-	all := fs.Bool("a", false, "show exited containers too")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
+func (c *cli) ps(ctx context.Context, all bool, format string) error {
 	list, err := c.rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
 	if err != nil {
 		return err
 	}
+	var shown []*runtimeapi.Container
+	for _, ct := range list.Containers {
+		if all || ct.State == runtimeapi.ContainerState_CONTAINER_RUNNING {
+			shown = append(shown, ct)
+		}
+	}
+	if format == "json" {
+		return printJSON(shown)
+	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCREATED\tSTATE\tNAME\tPOD ID")
-	for _, ct := range list.Containers {
-		if !*all && ct.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
-			continue
-		}
+	for _, ct := range shown {
 		state := strings.TrimPrefix(ct.State.String(), "CONTAINER_")
 		fmt.Fprintf(w, "%s\t%s\t%s ago\t%s\t%s\t%s\n", shortID(ct.Id), ct.Image.GetImage(), age(ct.CreatedAt), state, ct.Metadata.GetName(), shortID(ct.PodSandboxId))
 	}
 	return w.Flush()
 }
 
-func (c *cli) exec(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
-	interactive := fs.Bool("i", false, "pass stdin")
-	tty := fs.Bool("t", false, "allocate a terminal")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
-	if fs.NArg() < 2 {
-		return fmt.Errorf("exec needs a container and a command")
-	}
-	ct, err := c.container(ctx, fs.Arg(0))
+func (c *cli) exec(ctx context.Context, interactive, tty bool, args []string) error {
+	ct, err := c.container(ctx, args[0])
 	if err != nil {
 		return err
 	}
-	r, err := c.rs.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: ct.Id, Cmd: fs.Args()[1:],
-		Stdin: *interactive, Stdout: true, Stderr: !*tty, Tty: *tty})
+	r, err := c.rs.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: ct.Id, Cmd: args[1:],
+		Stdin: interactive, Stdout: true, Stderr: !tty, Tty: tty})
 	if err != nil {
 		return err
 	}
-	return stream(ctx, r.Url, *interactive, *tty)
+	return stream(ctx, r.Url, interactive, tty)
 }
 
-func (c *cli) logs(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
-	follow := fs.Bool("f", false, "follow until the container exits")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("logs needs a container")
-	}
-	ct, err := c.container(ctx, fs.Arg(0))
+func (c *cli) logs(ctx context.Context, follow bool, ref string) error {
+	ct, err := c.container(ctx, ref)
 	if err != nil {
 		return err
 	}
-	return c.follow(ctx, ct.Id, *follow)
+	return c.follow(ctx, ct.Id, follow)
 }
 
 // follow prints a container's log (the CRI log file), joining partial
@@ -142,13 +125,13 @@ func (c *cli) follow(ctx context.Context, id string, wait bool) error {
 	}
 }
 
-func (c *cli) stop(ctx context.Context, args []string) error {
+func (c *cli) stop(ctx context.Context, timeout int64, args []string) error {
 	for _, ref := range args {
 		ct, err := c.container(ctx, ref)
 		if err != nil {
 			return err
 		}
-		if _, err := c.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: ct.Id, Timeout: 10}); err != nil {
+		if _, err := c.rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: ct.Id, Timeout: timeout}); err != nil {
 			return err
 		}
 		fmt.Println(shortID(ct.Id))
@@ -156,18 +139,13 @@ func (c *cli) stop(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) rm(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("rm", flag.ContinueOnError)
-	force := fs.Bool("f", false, "remove running containers too")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
-	for _, ref := range fs.Args() {
+func (c *cli) rm(ctx context.Context, force bool, args []string) error {
+	for _, ref := range args {
 		ct, err := c.container(ctx, ref)
 		if err != nil {
 			return err
 		}
-		if ct.State == runtimeapi.ContainerState_CONTAINER_RUNNING && !*force {
+		if ct.State == runtimeapi.ContainerState_CONTAINER_RUNNING && !force {
 			return fmt.Errorf("container %s is running (stop it or use -f)", shortID(ct.Id))
 		}
 		if _, err := c.rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ct.PodSandboxId}); err != nil {
@@ -181,11 +159,8 @@ func (c *cli) rm(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) pull(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("pull needs an image")
-	}
-	r, err := c.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: args[0]}})
+func (c *cli) pull(ctx context.Context, ref string) error {
+	r, err := c.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	if err != nil {
 		return err
 	}
@@ -193,10 +168,13 @@ func (c *cli) pull(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) images(ctx context.Context, args []string) error {
+func (c *cli) images(ctx context.Context, format string) error {
 	list, err := c.is.ListImages(ctx, &runtimeapi.ListImagesRequest{})
 	if err != nil {
 		return err
+	}
+	if format == "json" {
+		return printJSON(list.Images)
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "IMAGE\tIMAGE ID\tSIZE")
@@ -222,11 +200,8 @@ func (c *cli) rmi(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) inspect(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("inspect needs a container")
-	}
-	ct, err := c.container(ctx, args[0])
+func (c *cli) inspect(ctx context.Context, ref string) error {
+	ct, err := c.container(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -238,7 +213,11 @@ func (c *cli) inspect(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	return printJSON(map[string]any{"container": st.Status, "pod": ps.Status})
+}
+
+func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
-	return enc.Encode(map[string]any{"container": st.Status, "pod": ps.Status})
+	return enc.Encode(v)
 }

@@ -12,34 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	utilexec "k8s.io/utils/exec"
 )
-
-const usageText = `usage: hyperctl [--endpoint SOCKET] COMMAND [ARGS]
-
-  run [-d] [--rm] [-i] [-t] [--name N] [-net host] [-runtime H] [-p HOST:POD]... [-v HOST:CTR[:ro]]...
-      [-e K=V]... [--memory SIZE] [--cpus N] IMAGE [CMD...]
-                        run a command in a new one-container pod
-  ps [-a]               list containers
-  exec [-i] [-t] CONTAINER CMD...
-  logs [-f] CONTAINER   print a container's output
-  stop CONTAINER...     stop containers (SIGTERM, then SIGKILL after 10 s)
-  rm [-f] CONTAINER...  remove containers and their pods
-  pull IMAGE            pull an image
-  images                list images
-  rmi IMAGE...          remove images
-  inspect CONTAINER     print a container's status as JSON
-  port-forward CONTAINER [LOCAL:]PORT...
-                        forward local ports to the pod's localhost (inside its VM)
-  usage [--since T] [--format table|json|csv]
-                        each pod VM's life by the second (hyperlet only: its usage.sock)
-
-The endpoint defaults to $HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock;
-the usage endpoint to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.
-Containers are named by ID prefix or name.`
 
 type cli struct {
 	rs runtimeapi.RuntimeServiceClient
@@ -49,52 +27,8 @@ type cli struct {
 }
 
 func main() {
-	args := os.Args[1:]
-	endpoint := os.Getenv("HYPERCTL_ENDPOINT")
-	if endpoint == "" {
-		endpoint = "/run/hyperlet/hyperlet.sock"
-	}
-	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
-		switch {
-		case args[0] == "--endpoint" && len(args) > 1:
-			endpoint, args = args[1], args[2:]
-		case strings.HasPrefix(args[0], "--endpoint="):
-			endpoint, args = strings.TrimPrefix(args[0], "--endpoint="), args[1:]
-		case args[0] == "-h" || args[0] == "--help":
-			fmt.Println(usageText)
-			return
-		default:
-			fail(2, "unknown flag %s\n%s", args[0], usageText)
-		}
-	}
-	if len(args) == 0 {
-		fail(2, "%s", usageText)
-	}
-	endpoint = strings.TrimPrefix(endpoint, "unix://")
-	if abs, err := filepath.Abs(endpoint); err == nil {
-		endpoint = abs
-	}
-	conn, err := grpc.NewClient("unix://"+endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		fail(1, "connect %s: %v", endpoint, err)
-	}
-	defer conn.Close()
-	c := &cli{rs: runtimeapi.NewRuntimeServiceClient(conn), is: runtimeapi.NewImageServiceClient(conn),
-		usageSocket: filepath.Join(filepath.Dir(endpoint), "usage.sock")}
-	if v := os.Getenv("HYPERCTL_USAGE_SOCKET"); v != "" {
-		c.usageSocket = v
-	}
-	ctx := context.Background()
-	cmds := map[string]func(context.Context, []string) error{
-		"run": c.run, "ps": c.ps, "exec": c.exec, "logs": c.logs, "stop": c.stop, "rm": c.rm,
-		"pull": c.pull, "images": c.images, "rmi": c.rmi, "inspect": c.inspect, "port-forward": c.portForward,
-		"usage": c.usage,
-	}
-	fn, ok := cmds[args[0]]
-	if !ok {
-		fail(2, "unknown command %q\n%s", args[0], usageText)
-	}
-	err = fn(ctx, args[1:])
+	c := &cli{}
+	err := newRoot(c).ExecuteContext(context.Background())
 	var exit utilexec.ExitError
 	var code exitCode
 	switch {
@@ -104,19 +38,159 @@ func main() {
 	case errors.As(err, &exit):
 		os.Exit(exit.ExitStatus())
 	default:
-		fail(1, "%v", err)
+		fmt.Fprintf(os.Stderr, "hyperctl: %v\n", err)
+		os.Exit(1)
 	}
+}
+
+// newRoot builds the command tree (spf13/cobra: help per command, the
+// usual flag forms, shell completion).
+func newRoot(c *cli) *cobra.Command {
+	endpoint := os.Getenv("HYPERCTL_ENDPOINT")
+	if endpoint == "" {
+		endpoint = "/run/hyperlet/hyperlet.sock"
+	}
+	var conn *grpc.ClientConn
+	root := &cobra.Command{
+		Use:   "hyperctl",
+		Short: "A docker-like CLI over the CRI socket: one container per pod",
+		Long: `hyperctl runs and manages containers through a CRI runtime's socket (hyperlet,
+or any other), one container per pod: hyperctl run busybox echo hi.
+Containers are named by ID prefix or name. The endpoint defaults to
+$HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock; hyperlet's usage endpoint
+to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			ep := strings.TrimPrefix(endpoint, "unix://")
+			if abs, err := filepath.Abs(ep); err == nil {
+				ep = abs
+			}
+			var err error
+			if conn, err = grpc.NewClient("unix://"+ep, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+				return fmt.Errorf("connect %s: %w", ep, err)
+			}
+			c.rs, c.is = runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+			c.usageSocket = filepath.Join(filepath.Dir(ep), "usage.sock")
+			if v := os.Getenv("HYPERCTL_USAGE_SOCKET"); v != "" {
+				c.usageSocket = v
+			}
+			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if conn != nil {
+				conn.Close()
+			}
+		},
+	}
+	root.PersistentFlags().StringVar(&endpoint, "endpoint", endpoint, "CRI socket")
+
+	ro := &runOpts{}
+	run := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Run a command in a new one-container pod",
+		Args:  cobra.MinimumNArgs(1),
+		RunE:  func(cmd *cobra.Command, args []string) error { return c.run(cmd.Context(), ro, args) },
+	}
+	rf := run.Flags()
+	rf.SetInterspersed(false) // flags after IMAGE are the command's
+	rf.BoolVarP(&ro.detach, "detach", "d", false, "run in the background, print the container ID")
+	rf.BoolVar(&ro.rm, "rm", false, "remove the pod when the container exits")
+	rf.BoolVarP(&ro.interactive, "interactive", "i", false, "keep stdin open")
+	rf.BoolVarP(&ro.tty, "tty", "t", false, "allocate a terminal")
+	rf.StringVar(&ro.name, "name", "", "container (and pod) name")
+	rf.StringVar(&ro.memory, "memory", "", "memory limit (e.g. 256m)")
+	rf.Float64Var(&ro.cpus, "cpus", 0, "CPU limit in cores")
+	rf.StringVar(&ro.network, "net", "", `"host": share the node's network (the pod runs on the host runtime, not in a VM)`)
+	rf.StringVar(&ro.runtimeClass, "runtime", "", "runtime handler (RuntimeClass handler), e.g. runc for the host runtime")
+	rf.StringArrayVarP(&ro.ports, "publish", "p", nil, "publish HOST:POD[/udp]")
+	rf.StringArrayVarP(&ro.volumes, "volume", "v", nil, "mount HOST:CTR[:ro]")
+	rf.StringArrayVarP(&ro.envs, "env", "e", nil, "set K=V")
+
+	var all bool
+	var format string
+	ps := &cobra.Command{Use: "ps", Short: "List containers", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return c.ps(cmd.Context(), all, format) }}
+	ps.Flags().BoolVarP(&all, "all", "a", false, "show exited containers too")
+	formatFlag(ps, &format)
+
+	var interactive, tty bool
+	execCmd := &cobra.Command{Use: "exec [flags] CONTAINER COMMAND [ARG...]", Short: "Run a command in a running container", Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.exec(cmd.Context(), interactive, tty, args) }}
+	execCmd.Flags().SetInterspersed(false)
+	execCmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "pass stdin")
+	execCmd.Flags().BoolVarP(&tty, "tty", "t", false, "allocate a terminal")
+
+	var follow bool
+	logs := &cobra.Command{Use: "logs [flags] CONTAINER", Short: "Print a container's output", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.logs(cmd.Context(), follow, args[0]) }}
+	logs.Flags().BoolVarP(&follow, "follow", "f", false, "follow until the container exits")
+
+	var force bool
+	rm := &cobra.Command{Use: "rm [flags] CONTAINER...", Short: "Remove containers and their pods", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.rm(cmd.Context(), force, args) }}
+	rm.Flags().BoolVarP(&force, "force", "f", false, "remove running containers too")
+
+	var timeout int64
+	stop := &cobra.Command{Use: "stop [flags] CONTAINER...", Short: "Stop containers (SIGTERM, then SIGKILL)", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.stop(cmd.Context(), timeout, args) }}
+	stop.Flags().Int64VarP(&timeout, "time", "t", 10, "seconds to wait before SIGKILL")
+
+	var imgFormat string
+	images := &cobra.Command{Use: "images", Short: "List images", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return c.images(cmd.Context(), imgFormat) }}
+	formatFlag(images, &imgFormat)
+
+	var noStream bool
+	stats := &cobra.Command{Use: "stats [flags] [CONTAINER...]", Aliases: []string{"top"}, Short: "Live CPU and memory of running containers",
+		RunE: func(cmd *cobra.Command, args []string) error { return c.stats(cmd.Context(), noStream, args) }}
+	stats.Flags().BoolVar(&noStream, "no-stream", false, "print one sample and exit")
+
+	var since, usageFormat string
+	usageCmd := &cobra.Command{Use: "usage", Short: "Each pod VM's life by the second (hyperlet only)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return c.usage(cmd.Context(), since, usageFormat) }}
+	usageCmd.Flags().StringVar(&since, "since", "", "only VMs running at or after this time (RFC 3339, or a duration back from now such as 24h)")
+	usageCmd.Flags().StringVar(&usageFormat, "format", "table", "table, json or csv")
+
+	var podFormat string
+	pods := &cobra.Command{Use: "pods", Short: "List pods", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return c.pods(cmd.Context(), podFormat) }}
+	formatFlag(pods, &podFormat)
+
+	one := func(use, short string, fn func(context.Context, string) error) *cobra.Command {
+		return &cobra.Command{Use: use, Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error { return fn(cmd.Context(), args[0]) }}
+	}
+	many := func(use, short string, fn func(context.Context, []string) error) *cobra.Command {
+		return &cobra.Command{Use: use, Short: short, Args: cobra.MinimumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error { return fn(cmd.Context(), args) }}
+	}
+	none := func(use, short string, fn func(context.Context) error) *cobra.Command {
+		return &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error { return fn(cmd.Context()) }}
+	}
+	root.AddCommand(run, ps, execCmd, logs, rm, stop, images, stats, usageCmd, pods,
+		one("pull IMAGE", "Pull an image", c.pull),
+		many("rmi IMAGE...", "Remove images", c.rmi),
+		one("inspect CONTAINER", "Print a container's and its pod's status as JSON", c.inspect),
+		many("start CONTAINER...", "Start created containers", c.start),
+		many("kill CONTAINER...", "Kill containers (SIGKILL now)", c.kill),
+		none("version", "Print the runtime's name and versions", c.version),
+		none("info", "Print the runtime's status: conditions, handlers, templates, pool", c.info),
+		&cobra.Command{Use: "port-forward CONTAINER [LOCAL:]PORT...", Short: "Forward local ports to the pod's localhost (inside its VM)",
+			Args: cobra.MinimumNArgs(2), RunE: func(cmd *cobra.Command, args []string) error { return c.portForward(cmd.Context(), args) }},
+	)
+	return root
+}
+
+func formatFlag(cmd *cobra.Command, v *string) {
+	cmd.Flags().StringVar(v, "format", "table", "table or json")
 }
 
 // exitCode is a container's exit code, passed on as hyperctl's own.
 type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
-
-func fail(code int, format string, a ...any) {
-	fmt.Fprintf(os.Stderr, "hyperctl: "+format+"\n", a...)
-	os.Exit(code)
-}
 
 // container finds a container by ID prefix or name.
 func (c *cli) container(ctx context.Context, ref string) (*runtimeapi.Container, error) {

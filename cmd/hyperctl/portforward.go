@@ -19,9 +19,6 @@ import (
 // portForward forwards local ports to ports on the pod's localhost (inside
 // its VM) until interrupted: `hyperctl port-forward web 8080:80`.
 func (c *cli) portForward(ctx context.Context, args []string) error {
-	if len(args) < 2 {
-		return fmt.Errorf("port-forward needs a container and [LOCAL:]POD ports")
-	}
 	ct, err := c.container(ctx, args[0])
 	if err != nil {
 		return err

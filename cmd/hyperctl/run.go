@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -24,11 +23,6 @@ const labelName = "io.hyperlet.hyperctl.name"
 
 // logRoot is where hyperctl asks the runtime to write container logs.
 const logRoot = "/var/log/hyperctl"
-
-type multi []string
-
-func (m *multi) String() string     { return strings.Join(*m, ",") }
-func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 func randHex(n int) string {
 	b := make([]byte, n)
@@ -69,28 +63,20 @@ func (c *cli) ensureImage(ctx context.Context, image string) error {
 	return err
 }
 
-func (c *cli) run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	detach := fs.Bool("d", false, "run in the background, print the container ID")
-	rm := fs.Bool("rm", false, "remove the pod when the container exits")
-	interactive := fs.Bool("i", false, "keep stdin open")
-	tty := fs.Bool("t", false, "allocate a terminal")
-	name := fs.String("name", "", "container (and pod) name")
-	memory := fs.String("memory", "", "memory limit (e.g. 256m)")
-	cpus := fs.Float64("cpus", 0, "CPU limit in cores")
-	network := fs.String("net", "", `"host": share the node's network (the pod runs on the host runtime, not in a VM)`)
-	runtimeClass := fs.String("runtime", "", "runtime handler (RuntimeClass handler), e.g. runc for the host runtime")
-	var ports, volumes, envs multi
-	fs.Var(&ports, "p", "publish HOST:POD[/udp]")
-	fs.Var(&volumes, "v", "mount HOST:CTR[:ro]")
-	fs.Var(&envs, "e", "set K=V")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
-	if fs.NArg() < 1 {
-		return fmt.Errorf("run needs an image")
-	}
-	image, cmd := fs.Arg(0), fs.Args()[1:]
+// runOpts are run's flags.
+type runOpts struct {
+	detach, rm, interactive, tty bool
+	name, memory, network        string
+	runtimeClass                 string
+	cpus                         float64
+	ports, volumes, envs         []string
+}
+
+func (c *cli) run(ctx context.Context, o *runOpts, args []string) error {
+	detach, rm, interactive, tty := &o.detach, &o.rm, &o.interactive, &o.tty
+	name, memory, cpus, network, runtimeClass := &o.name, &o.memory, &o.cpus, &o.network, &o.runtimeClass
+	ports, volumes, envs := o.ports, o.volumes, o.envs
+	image, cmd := args[0], args[1:]
 	if *name == "" {
 		*name = "hyperctl-" + randHex(3)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,13 +17,8 @@ import (
 )
 
 // usage prints the daemon's usage record: each pod VM's life by the second.
-func (c *cli) usage(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("usage", flag.ContinueOnError)
-	since := fs.String("since", "", "only VMs running at or after this time (RFC 3339, or a duration back from now such as 24h)")
-	format := fs.String("format", "table", "table, json or csv")
-	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
-	}
+func (c *cli) usage(ctx context.Context, sinceArg, formatArg string) error {
+	since, format := &sinceArg, &formatArg
 	if *format != "table" && *format != "json" && *format != "csv" {
 		return fmt.Errorf("--format %q: table, json or csv", *format)
 	}

@@ -281,7 +281,7 @@ func summarize(ds []time.Duration) stats {
 func hyperctlRun(ctx context.Context, hyperctl string, e *endpoint) (time.Duration, error) {
 	args := []string{"--endpoint", e.socket, "run", "--rm"}
 	if e.handler != "" {
-		args = append(args, "-runtime", e.handler)
+		args = append(args, "--runtime", e.handler)
 	}
 	args = append(args, busyboxImage, "echo", "hi")
 	t0 := time.Now()

@@ -85,10 +85,7 @@ func TestUsageRecord(t *testing.T) {
 		t.Errorf("pod a's record %+v", ra)
 	}
 
-	hyperctl := filepath.Join(t.TempDir(), "hyperctl")
-	if out, err := exec.Command("go", "build", "-o", hyperctl, "../../cmd/hyperctl").CombinedOutput(); err != nil {
-		t.Fatalf("go build hyperctl: %v\n%s", err, out)
-	}
+	hyperctl := buildHyperctl(t)
 	cmd := exec.Command(hyperctl, "--endpoint", d.socket, "usage", "--format", "csv", "--since", "1h")
 	cmd.Env = append(os.Environ(), "HYPERCTL_USAGE_SOCKET="+filepath.Join(d.state, "usage.sock"))
 	out, err := cmd.CombinedOutput()
