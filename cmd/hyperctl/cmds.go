@@ -159,15 +159,6 @@ func (c *cli) rm(ctx context.Context, force bool, args []string) error {
 	return nil
 }
 
-func (c *cli) pull(ctx context.Context, ref string) error {
-	r, err := c.is.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
-	if err != nil {
-		return err
-	}
-	fmt.Println(r.ImageRef)
-	return nil
-}
-
 func (c *cli) images(ctx context.Context, format string) error {
 	list, err := c.is.ListImages(ctx, &runtimeapi.ListImagesRequest{})
 	if err != nil {
@@ -200,7 +191,10 @@ func (c *cli) rmi(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (c *cli) inspect(ctx context.Context, ref string) error {
+func (c *cli) inspect(ctx context.Context, ref, format string) error {
+	if format != "json" && format != "table" {
+		return fmt.Errorf("--format %q: json or table", format)
+	}
 	ct, err := c.container(ctx, ref)
 	if err != nil {
 		return err
@@ -213,7 +207,50 @@ func (c *cli) inspect(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	return printJSON(map[string]any{"container": st.Status, "pod": ps.Status})
+	if format == "json" {
+		return printJSON(map[string]any{"container": st.Status, "pod": ps.Status})
+	}
+	cs, pod := st.Status, ps.Status
+	when := func(ns int64) string {
+		if ns == 0 {
+			return "-"
+		}
+		return time.Unix(0, ns).UTC().Format(time.RFC3339)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(w, "%s\t%s\n", k, v) }
+	row("Container", cs.Id)
+	row("Name", cs.Metadata.GetName())
+	row("Image", cs.Image.GetImage())
+	row("Image ID", cs.ImageRef)
+	row("State", strings.TrimPrefix(cs.State.String(), "CONTAINER_"))
+	row("Created", when(cs.CreatedAt))
+	row("Started", when(cs.StartedAt))
+	if cs.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+		row("Finished", when(cs.FinishedAt))
+		row("Exit code", fmt.Sprint(cs.ExitCode))
+		row("Reason", cs.Reason)
+	}
+	row("Log", cs.LogPath)
+	for _, m := range cs.Mounts {
+		mode := "rw"
+		if m.Readonly {
+			mode = "ro"
+		}
+		src := m.HostPath
+		if m.Image.GetImage() != "" {
+			src = "image " + m.Image.GetImage()
+		}
+		row("Mount", fmt.Sprintf("%s -> %s (%s)", src, m.ContainerPath, mode))
+	}
+	row("Pod", pod.Id)
+	row("Pod name", pod.Metadata.GetNamespace()+"/"+pod.Metadata.GetName())
+	row("Pod state", strings.TrimPrefix(pod.State.String(), "SANDBOX_"))
+	row("Runtime", pod.RuntimeHandler)
+	if ip := pod.Network.GetIp(); ip != "" {
+		row("IP", ip)
+	}
+	return w.Flush()
 }
 
 func printJSON(v any) error {

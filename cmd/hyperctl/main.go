@@ -22,8 +22,9 @@ import (
 type cli struct {
 	rs runtimeapi.RuntimeServiceClient
 	is runtimeapi.ImageServiceClient
-	// usageSocket is the daemon's usage endpoint, beside its CRI socket.
-	usageSocket string
+	// adminSocket is hyperlet's admin endpoint (usage, pause, pulls),
+	// beside its CRI socket.
+	adminSocket string
 }
 
 func main() {
@@ -57,8 +58,8 @@ func newRoot(c *cli) *cobra.Command {
 		Long: `hyperctl runs and manages containers through a CRI runtime's socket (hyperlet,
 or any other), one container per pod: hyperctl run busybox echo hi.
 Containers are named by ID prefix or name. The endpoint defaults to
-$HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock; hyperlet's usage endpoint
-to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.`,
+$HYPERCTL_ENDPOINT or /run/hyperlet/hyperlet.sock; hyperlet's admin endpoint
+(usage, pause, pull progress) to $HYPERCTL_ADMIN_SOCKET or admin.sock beside it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -71,9 +72,9 @@ to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.`,
 				return fmt.Errorf("connect %s: %w", ep, err)
 			}
 			c.rs, c.is = runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
-			c.usageSocket = filepath.Join(filepath.Dir(ep), "usage.sock")
-			if v := os.Getenv("HYPERCTL_USAGE_SOCKET"); v != "" {
-				c.usageSocket = v
+			c.adminSocket = filepath.Join(filepath.Dir(ep), "admin.sock")
+			if v := os.Getenv("HYPERCTL_ADMIN_SOCKET"); v != "" {
+				c.adminSocket = v
 			}
 			return nil
 		},
@@ -157,10 +158,19 @@ to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return c.pods(cmd.Context(), podFormat) }}
 	formatFlag(pods, &podFormat)
 
-	one := func(use, short string, fn func(context.Context, string) error) *cobra.Command {
-		return &cobra.Command{Use: use, Short: short, Args: cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error { return fn(cmd.Context(), args[0]) }}
-	}
+	var quiet bool
+	pull := &cobra.Command{Use: "pull [flags] IMAGE", Short: "Pull an image (with progress from hyperlet, on a terminal)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.pull(cmd.Context(), args[0], quiet) }}
+	pull.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID")
+
+	cp := &cobra.Command{Use: "cp CONTAINER:SRC DEST | SRC CONTAINER:DEST", Short: "Copy files between a container and the host (the container needs tar)",
+		Args: cobra.ExactArgs(2), RunE: func(cmd *cobra.Command, args []string) error { return c.cp(cmd.Context(), args[0], args[1]) }}
+
+	var inspectFormat string
+	inspect := &cobra.Command{Use: "inspect [flags] CONTAINER", Short: "Print a container's and its pod's status", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.inspect(cmd.Context(), args[0], inspectFormat) }}
+	inspect.Flags().StringVar(&inspectFormat, "format", "json", "json or table")
+
 	many := func(use, short string, fn func(context.Context, []string) error) *cobra.Command {
 		return &cobra.Command{Use: use, Short: short, Args: cobra.MinimumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error { return fn(cmd.Context(), args) }}
@@ -170,9 +180,13 @@ to $HYPERCTL_USAGE_SOCKET or usage.sock beside it.`,
 			RunE: func(cmd *cobra.Command, _ []string) error { return fn(cmd.Context()) }}
 	}
 	root.AddCommand(run, ps, execCmd, logs, rm, stop, images, stats, usageCmd, pods,
-		one("pull IMAGE", "Pull an image", c.pull),
+		pull, cp,
+		many("pause CONTAINER|POD...", "Pause the whole pod VM: its vCPUs stop until unpause (hyperlet only)",
+			func(ctx context.Context, refs []string) error { return c.pause(ctx, false, refs) }),
+		many("unpause CONTAINER|POD...", "Resume a paused pod VM (hyperlet only)",
+			func(ctx context.Context, refs []string) error { return c.pause(ctx, true, refs) }),
 		many("rmi IMAGE...", "Remove images", c.rmi),
-		one("inspect CONTAINER", "Print a container's and its pod's status as JSON", c.inspect),
+		inspect,
 		many("start CONTAINER...", "Start created containers", c.start),
 		many("kill CONTAINER...", "Kill containers (SIGKILL now)", c.kill),
 		none("version", "Print the runtime's name and versions", c.version),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -61,10 +62,27 @@ func (c *cli) pods(ctx context.Context, format string) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "POD ID\tCREATED\tSTATE\tNAMESPACE/NAME\tHANDLER")
 	for _, p := range list.Items {
-		fmt.Fprintf(w, "%s\t%s ago\t%s\t%s/%s\t%s\n", shortID(p.Id), age(p.CreatedAt), strings.TrimPrefix(p.State.String(), "SANDBOX_"),
+		state := strings.TrimPrefix(p.State.String(), "SANDBOX_")
+		if p.State == runtimeapi.PodSandboxState_SANDBOX_READY && c.podPaused(ctx, p.Id) {
+			state = "PAUSED"
+		}
+		fmt.Fprintf(w, "%s\t%s ago\t%s\t%s/%s\t%s\n", shortID(p.Id), age(p.CreatedAt), state,
 			p.Metadata.GetNamespace(), p.Metadata.GetName(), p.RuntimeHandler)
 	}
 	return w.Flush()
+}
+
+// podPaused says whether hyperlet has the pod's VM paused (its verbose
+// status says so; other runtimes' never do).
+func (c *cli) podPaused(ctx context.Context, id string) bool {
+	st, err := c.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+	if err != nil {
+		return false
+	}
+	var info struct {
+		Paused bool `json:"paused"`
+	}
+	return json.Unmarshal([]byte(st.Info["info"]), &info) == nil && info.Paused
 }
 
 // stats prints running containers' CPU (as a share of one core, over the

@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,26 +21,9 @@ func (c *cli) usage(ctx context.Context, sinceArg, formatArg string) error {
 	if *format != "table" && *format != "json" && *format != "csv" {
 		return fmt.Errorf("--format %q: table, json or csv", *format)
 	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", c.usageSocket)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://hyperlet/usage?since="+url.QueryEscape(*since), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("usage endpoint %s: %w", c.usageSocket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("usage endpoint: %s", resp.Status)
-	}
 	var rep usage.Report
-	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
-		return fmt.Errorf("usage endpoint: %w", err)
+	if err := c.adminDo(ctx, http.MethodGet, "/usage?since="+url.QueryEscape(*since), &rep); err != nil {
+		return fmt.Errorf("usage: %w", err)
 	}
 	type row struct {
 		usage.Record

@@ -19,6 +19,7 @@ import (
 
 	"k8s.io/cri-streaming/pkg/streaming"
 
+	"github.com/hyperlet/hyperlet/pkg/admin"
 	"github.com/hyperlet/hyperlet/pkg/cni"
 	"github.com/hyperlet/hyperlet/pkg/config"
 	"github.com/hyperlet/hyperlet/pkg/cri"
@@ -208,13 +209,23 @@ func serve(o options) error {
 		}
 		hooks = nrirt
 	}
+	// Metrics are made first: the sandbox manager reports VM starts.
+	var (
+		prom           *metrics.Metrics
+		observeVMStart func(string, time.Duration)
+	)
+	if e.cfg.MetricsAddress != "" {
+		prom = metrics.New()
+		observeVMStart = prom.ObserveVMStart
+	}
 	// Pods left by a previous daemon are taken over before serving.
 	pods, err := sandbox.New(ctx, sandbox.Config{
-		Hooks:      hooks,
-		Root:       o.root,
-		SharedRoot: filepath.Join(o.state, "shared"),
-		Network:    network,
-		VM:         e.vmConfig,
+		ObserveVMStart: observeVMStart,
+		Hooks:          hooks,
+		Root:           o.root,
+		SharedRoot:     filepath.Join(o.state, "shared"),
+		Network:        network,
+		VM:             e.vmConfig,
 		Accel: func(ctx context.Context) (vm.Accel, error) {
 			select {
 			case <-probeDone:
@@ -272,14 +283,16 @@ func serve(o options) error {
 	defer meter.Close()
 	go meter.Run(ctx, time.Second)
 	go func() {
-		if err := meter.Serve(ctx, filepath.Join(o.state, "usage.sock")); err != nil {
-			klog.ErrorS(err, "usage endpoint stopped")
+		// What the CRI has no call for: usage, pause, pull progress.
+		if err := admin.Serve(ctx, filepath.Join(o.state, "admin.sock"), admin.Handler(pods, images, meter.Handler())); err != nil {
+			klog.ErrorS(err, "admin endpoint stopped")
 		}
 	}()
 
 	unary := []grpc.UnaryServerInterceptor{cri.LogUnary, cri.RecoverUnary}
 	if addr := e.cfg.MetricsAddress; addr != "" {
-		m := metrics.New(pods, meter, func() string {
+		m := prom
+		m.Watch(pods, images, meter, func() string {
 			a, err := currentAccel()
 			if err != nil {
 				return ""

@@ -20,7 +20,7 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 	}
 	resp := &runtimeapi.PodSandboxStatusResponse{Status: podStatus(p)}
 	if r.Verbose {
-		info, _ := json.Marshal(map[string]any{"vmPid": p.VMPID(), "boot": p.Boot(), "config": p.Config()})
+		info, _ := json.Marshal(map[string]any{"vmPid": p.VMPID(), "boot": p.Boot(), "paused": p.Paused(), "config": p.Config()})
 		resp.Info = map[string]string{"info": string(info)}
 	}
 	return resp, nil

@@ -36,6 +36,19 @@ func (s *Service) diskPath(id digest.Digest) string {
 	return filepath.Join(s.diskDir(), id.Encoded()+".erofs")
 }
 
+// DiskSize is the size of an image's disk, if it was built.
+func (s *Service) DiskSize(id string) (int64, error) {
+	d, err := digest.Parse(id)
+	if err != nil {
+		return 0, fmt.Errorf("%w: image ID %q", ErrNotFound, id)
+	}
+	fi, err := os.Stat(s.diskPath(d))
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
 // cleanDisks removes temporary build directories a crash left, and disks
 // whose image record is gone (a crash between removing the record and the
 // disk).

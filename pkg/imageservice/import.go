@@ -210,7 +210,7 @@ func (s *Service) importImage(img v1.Image, names []string) (*Image, error) {
 		id, _ := img.ConfigName()
 		return nil, fmt.Errorf("%w: image %s has no name in the archive; give one with a tag", ErrInvalidReference, id)
 	}
-	rec, err := s.storeImage(img)
+	rec, err := s.storeImage(img, nil)
 	if err != nil {
 		return nil, err
 	}

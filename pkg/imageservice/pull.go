@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -52,7 +53,10 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *Auth) (*Image, err
 		// Removals (and their garbage collection) wait for pulls in flight.
 		s.gcMu.RLock()
 		defer s.gcMu.RUnlock()
-		return s.pull(ctx, named, auth)
+		pr := &progress{ref: named.String(), started: time.Now()}
+		s.inflight.Store(pr, struct{}{})
+		defer s.inflight.Delete(pr)
+		return s.pull(ctx, named, auth, pr)
 	})
 	if err != nil {
 		return nil, err
@@ -60,7 +64,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *Auth) (*Image, err
 	return v.(*Image), nil
 }
 
-func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (*Image, error) {
+func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth, pr *progress) (*Image, error) {
 	domain, path := reference.Domain(named), reference.Path(named)
 	eps, err := endpoints(s.registry, domain)
 	if err != nil {
@@ -68,7 +72,7 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	}
 	var errs []error
 	for _, ep := range eps {
-		img, err := s.pullFrom(ctx, ep, path, named, auth)
+		img, err := s.pullFrom(ctx, ep, path, named, auth, pr)
 		if err == nil {
 			return img, nil
 		}
@@ -81,7 +85,7 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	return nil, fmt.Errorf("pull %s: %w", named, errors.Join(errs...))
 }
 
-func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named reference.Named, auth *Auth) (*Image, error) {
+func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named reference.Named, auth *Auth, pr *progress) (*Image, error) {
 	var opts []name.Option
 	if ep.insecure {
 		opts = append(opts, name.Insecure)
@@ -120,7 +124,7 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 	if err != nil {
 		return nil, err
 	}
-	rec, err := s.storeImage(img)
+	rec, err := s.storeImage(img, pr)
 	if err != nil {
 		return nil, err
 	}
@@ -137,8 +141,8 @@ func (s *Service) pullFrom(ctx context.Context, ep endpoint, path string, named 
 
 // storeImage puts an image's manifest, config and layers into the content
 // store (each verified against its digest) and returns its record, without
-// names.
-func (s *Service) storeImage(img v1.Image) (*Image, error) {
+// names. pr, if set, counts the layer bytes fetched.
+func (s *Service) storeImage(img v1.Image, pr *progress) (*Image, error) {
 	raw, err := img.RawManifest()
 	if err != nil {
 		return nil, err
@@ -172,10 +176,17 @@ func (s *Service) storeImage(img v1.Image) (*Image, error) {
 
 	rec := &Image{ID: cfgDigest, Manifest: manifestDigest, Config: cfgDigest, User: cfg.Config.User,
 		Size: uint64(len(raw)) + uint64(m.Config.Size)}
+	var missing []v1.Descriptor
+	for _, l := range m.Layers {
+		if !s.store.Has(digest.Digest(l.Digest.String())) {
+			missing = append(missing, l)
+		}
+	}
+	pr.need(missing)
 	for _, l := range m.Layers {
 		d := digest.Digest(l.Digest.String())
 		if !s.store.Has(d) {
-			if err := s.fetchLayer(img, l); err != nil {
+			if err := s.fetchLayer(img, l, pr); err != nil {
 				return nil, err
 			}
 		}
@@ -193,7 +204,7 @@ func (s *Service) putManifest(d digest.Digest, raw []byte) error {
 	return s.store.Put(d, int64(len(raw)), bytes.NewReader(raw))
 }
 
-func (s *Service) fetchLayer(img v1.Image, l v1.Descriptor) error {
+func (s *Service) fetchLayer(img v1.Image, l v1.Descriptor, pr *progress) error {
 	layer, err := img.LayerByDigest(l.Digest)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
@@ -205,9 +216,10 @@ func (s *Service) fetchLayer(img v1.Image, l v1.Descriptor) error {
 	defer rc.Close()
 	// The store verifies size and digest; go-containerregistry's own check
 	// runs too, at EOF.
-	if err := s.store.Put(digest.Digest(l.Digest.String()), l.Size, rc); err != nil {
+	if err := s.store.Put(digest.Digest(l.Digest.String()), l.Size, pr.reader(rc)); err != nil {
 		return fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
+	pr.layerDone()
 	return nil
 }
 

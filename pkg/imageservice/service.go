@@ -24,6 +24,7 @@ type Service struct {
 	db       *imageDB
 	registry config.Registry
 	pulls    singleflight.Group
+	inflight sync.Map           // *progress of the pulls in flight
 	disks    singleflight.Group // image disk builds
 	pins     pins
 	gcMu     sync.RWMutex // pulls read-lock; removal + GC write-lock

@@ -30,6 +30,7 @@ const namespace = "hyperlet"
 // Source is the node's pods and containers as the per-pod metrics read
 // them (a *sandbox.Manager).
 type Source interface {
+	VMStatus() sandbox.VMStatus
 	Pods() []*sandbox.Pod
 	PodContainers(podID string) []*sandbox.Container
 	ContainerStats(ctx context.Context, id string) (*sandbox.ContainerStats, error)
@@ -41,6 +42,7 @@ type Metrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	podStarts   *prometheus.HistogramVec
+	vmStarts    *prometheus.HistogramVec
 	pulls       *prometheus.CounterVec
 	pullBytes   *prometheus.CounterVec
 	pullLatency *prometheus.HistogramVec
@@ -50,15 +52,18 @@ type Metrics struct {
 // under TCG on a loaded node (a minute).
 var startBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64}
 
+// Disks reports image disk sizes (an *imageservice.Service).
+type Disks interface {
+	DiskSize(id string) (int64, error)
+}
+
 // Usage is the node's metered pod VM time (a *usage.Meter).
 type Usage interface {
 	Totals(now time.Time) (seconds, vcpuSeconds, gibSeconds, cpuSeconds float64)
 }
 
-// New registers hyperlet's metrics, reading pods from src, the usage
-// record's totals from use (nil: none) and the accelerator in use from
-// accel.
-func New(src Source, use Usage, accel func() string) *Metrics {
+// New registers hyperlet's own metrics. Watch adds the node's pods.
+func New() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -73,6 +78,11 @@ func New(src Source, use Usage, accel func() string) *Metrics {
 			Help:    "RunPodSandbox latency of started pods by how their VM started: boot, template (a clone) or pool (a warm VM).",
 			Buckets: startBuckets,
 		}, []string{"boot"}),
+		vmStarts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "vm_start_duration_seconds",
+			Help:    "Time from asking for a VM to its agent answering, by how it started: boot or template (a clone); warm pool VMs included.",
+			Buckets: startBuckets,
+		}, []string{"boot"}),
 		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "image_pulls_total", Help: "Image pulls by registry and result (success or failure).",
 		}, []string{"registry", "result"}),
@@ -84,13 +94,25 @@ func New(src Source, use Usage, accel func() string) *Metrics {
 			Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"registry"}),
 	}
+	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.vmStarts, m.pulls, m.pullBytes, m.pullLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Watch reports the node's pods from src at each scrape, image disk sizes
+// from disks (nil: none), the usage record's totals from use (nil: none) and
+// the accelerator in use from accel.
+func (m *Metrics) Watch(src Source, disks Disks, use Usage, accel func() string) {
 	if use != nil {
 		m.reg.MustRegister(&usageCollector{use: use})
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.pulls, m.pullBytes, m.pullLatency,
-		&nodeCollector{src: src, accel: accel},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
+	m.reg.MustRegister(&nodeCollector{src: src, disks: disks, accel: accel})
+}
+
+// ObserveVMStart records how long a VM took to boot or resume from a
+// template, agent ready.
+func (m *Metrics) ObserveVMStart(boot string, d time.Duration) {
+	m.vmStarts.WithLabelValues(boot).Observe(d.Seconds())
 }
 
 // Unary counts and times CRI requests. It goes first in the chain, so it
@@ -173,6 +195,14 @@ var (
 	vmPSSDesc     = desc("pod_vm_memory_pss_bytes", "Proportional share of host memory of the pod's VM (shared template pages split).", podLabels...)
 	netRxDesc     = desc("pod_network_receive_bytes_total", "Bytes the pod received.", append(append([]string{}, podLabels...), "interface")...)
 	netTxDesc     = desc("pod_network_transmit_bytes_total", "Bytes the pod sent.", append(append([]string{}, podLabels...), "interface")...)
+	imageDiskDesc = desc("pod_image_disk_bytes", "Size of the read-only image disks attached to the pod's VM (shared with other pods using the same images).", podLabels...)
+	pausedDesc    = desc("pod_vm_paused", "1 while the pod's VM is paused.", podLabels...)
+	poolTakesDesc = desc("pool_takes_total", "Pod starts that looked for a warm VM, by result (hit or miss).", "result")
+	poolReadyDesc = desc("pool_ready_vms", "Warm VMs ready for pods.")
+	templatesDesc = desc("templates", "VM templates ready for clones.")
+	tmplBytesDesc = desc("template_resident_bytes", "Template RAM held in host memory (shared by their clones).")
+	tmplBuildDesc = desc("template_build_seconds", "How long each ready VM template took to build.", "template")
+	queueDesc     = desc("start_queue", "Starts in flight and waiting, by queue (pod or container).", "queue", "state")
 	ctrCPUDesc    = desc("container_cpu_seconds_total", "CPU time of a container in its pod's VM.", ctrLabels...)
 	ctrMemoryDesc = desc("container_memory_working_set_bytes", "Working set of a container in its pod's VM.", ctrLabels...)
 )
@@ -185,11 +215,12 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 // and go with the pods.
 type nodeCollector struct {
 	src   Source
+	disks Disks
 	accel func() string
 }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{podsDesc, ctrsDesc, accelDesc, vmCPUDesc, vmRSSDesc, vmPSSDesc, netRxDesc, netTxDesc, ctrCPUDesc, ctrMemoryDesc} {
+	for _, d := range []*prometheus.Desc{podsDesc, ctrsDesc, accelDesc, vmCPUDesc, vmRSSDesc, vmPSSDesc, netRxDesc, netTxDesc, imageDiskDesc, pausedDesc, poolTakesDesc, poolReadyDesc, templatesDesc, tmplBytesDesc, tmplBuildDesc, queueDesc, ctrCPUDesc, ctrMemoryDesc} {
 		ch <- d
 	}
 }
@@ -197,6 +228,19 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if a := c.accel(); a != "" {
 		ch <- prometheus.MustNewConstMetric(accelDesc, prometheus.GaugeValue, 1, a)
+	}
+	vs := c.src.VMStatus()
+	ch <- prometheus.MustNewConstMetric(poolTakesDesc, prometheus.CounterValue, float64(vs.Pool.Hits), "hit")
+	ch <- prometheus.MustNewConstMetric(poolTakesDesc, prometheus.CounterValue, float64(vs.Pool.Misses), "miss")
+	ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(vs.Pool.Ready))
+	ch <- prometheus.MustNewConstMetric(templatesDesc, prometheus.GaugeValue, float64(len(vs.Templates)))
+	ch <- prometheus.MustNewConstMetric(tmplBytesDesc, prometheus.GaugeValue, float64(vs.TemplateBytes))
+	for _, t := range vs.Templates {
+		ch <- prometheus.MustNewConstMetric(tmplBuildDesc, prometheus.GaugeValue, t.BuildTime.Seconds(), t.Key)
+	}
+	for q, g := range map[string]sandbox.GateStatus{"pod": vs.PodStarts, "container": vs.ContainerStarts} {
+		ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(g.Running), q, "running")
+		ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(g.Waiting), q, "waiting")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
 	defer cancel()
@@ -221,6 +265,22 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 				il := append(append([]string{}, pl...), i.Name)
 				ch <- prometheus.MustNewConstMetric(netRxDesc, prometheus.CounterValue, float64(i.RxBytes), il...)
 				ch <- prometheus.MustNewConstMetric(netTxDesc, prometheus.CounterValue, float64(i.TxBytes), il...)
+			}
+		}
+		if state == runtimeapi.PodSandboxState_SANDBOX_READY {
+			paused := 0.0
+			if p.Paused() {
+				paused = 1
+			}
+			ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, paused, pl...)
+			if c.disks != nil {
+				var n int64
+				for _, id := range p.AttachedImages() {
+					if size, err := c.disks.DiskSize(id); err == nil {
+						n += size
+					}
+				}
+				ch <- prometheus.MustNewConstMetric(imageDiskDesc, prometheus.GaugeValue, float64(n), pl...)
 			}
 		}
 		for _, ctr := range c.src.PodContainers(p.ID()) {

@@ -1,6 +1,9 @@
 package sandbox
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotFound: no pod or container with that ID.
@@ -12,6 +15,8 @@ var (
 	// ErrNotReady: the object is not in a state that allows the call (a
 	// stopped pod, a container that is not running...).
 	ErrNotReady = errors.New("not ready")
+	// ErrPaused: the pod's VM is paused, so nothing in it can answer.
+	ErrPaused = fmt.Errorf("pod VM is paused: %w", ErrNotReady)
 	// ErrUnimplemented: a CRI feature hyperlet does not implement yet.
 	ErrUnimplemented = errors.New("not implemented")
 	// ErrUnsupported: hyperlet cannot do this inside a pod VM.

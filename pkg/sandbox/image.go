@@ -20,12 +20,16 @@ func (p *Pod) ensureImage(ctx context.Context, imageID, disk string) error {
 	p.mu.Lock()
 	v, client := p.vm, p.agent
 	ready := p.rec.State == runtime.PodSandboxState_SANDBOX_READY && v != nil
+	paused := p.rec.Paused
 	_, attached := p.rec.Images[imageID]
 	p.rec.NextDisk++
 	serial := p.rec.NextDisk
 	p.mu.Unlock()
 	if !ready {
 		return fmt.Errorf("pod %s is not ready: %w", p.rec.ID, ErrNotReady)
+	}
+	if paused {
+		return fmt.Errorf("pod %s: %w", p.rec.ID, ErrPaused)
 	}
 	if attached {
 		return nil

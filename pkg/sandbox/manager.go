@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"k8s.io/klog/v2"
@@ -57,6 +58,9 @@ type Config struct {
 	MaxParallelPodStarts, MaxParallelContainerStarts int
 	// Hooks are NRI's (nil: none).
 	Hooks Hooks
+	// ObserveVMStart, if set, is told how long each VM took to boot or
+	// resume from a template, agent ready (for metrics).
+	ObserveVMStart func(boot string, d time.Duration)
 }
 
 // Manager owns every pod VM and container on the node: their records

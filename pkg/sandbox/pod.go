@@ -27,6 +27,8 @@ type podRecord struct {
 	Network  *podNetwork            `json:"network,omitempty"`
 	// Boot says how the VM started: BootCold, BootTemplate or BootPool.
 	Boot string `json:"boot,omitempty"`
+	// Paused is set while the VM's vCPUs are stopped (PausePod).
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Pod is one pod and its VM.
@@ -42,6 +44,8 @@ type Pod struct {
 	rec   podRecord
 	vm    vm.VM
 	agent *agent.Client
+	// repause is set while a pod VM found paused runs for its restore.
+	repause bool
 	// hooksStopped is set once the NRI plugins were told the pod stopped
 	// (or it was restored stopped).
 	hooksStopped bool
@@ -107,6 +111,9 @@ func (p *Pod) setStateLocked(st runtime.PodSandboxState) {
 func (p *Pod) client() (*agent.Client, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.rec.State == runtime.PodSandboxState_SANDBOX_READY && p.rec.Paused {
+		return nil, fmt.Errorf("pod %s: %w", p.rec.ID, ErrPaused)
+	}
 	if p.rec.State != runtime.PodSandboxState_SANDBOX_READY || p.agent == nil {
 		return nil, fmt.Errorf("pod %s is not ready: %w", p.rec.ID, ErrNotReady)
 	}

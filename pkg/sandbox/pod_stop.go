@@ -23,6 +23,12 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	// A paused VM runs again, so that its containers stop in order.
+	p.op.Lock()
+	if err := p.resume(ctx); err != nil {
+		klog.InfoS("resume paused pod to stop it", "pod", p.ID(), "err", err)
+	}
+	p.op.Unlock()
 	for _, c := range m.podContainers(p.ID()) {
 		if err := m.StopContainer(ctx, c.ID(), 0); err != nil {
 			klog.InfoS("stop container of stopping pod", "container", c.ID(), "err", err)

@@ -56,6 +56,16 @@ type pool struct {
 // asking for one to be built when not). A clone's CRNG is reseeded before
 // anything runs in it. It returns the configuration the VM runs with.
 func (m *Manager) startVM(ctx context.Context, cfg vm.Config) (vm.VM, *agent.Client, vm.Config, string, error) {
+	start := time.Now()
+	v, c, vc, boot, err := m.bootOrClone(ctx, cfg)
+	if err == nil && m.cfg.ObserveVMStart != nil {
+		m.cfg.ObserveVMStart(boot, time.Since(start))
+	}
+	return v, c, vc, boot, err
+}
+
+// bootOrClone is startVM without the measuring.
+func (m *Manager) bootOrClone(ctx context.Context, cfg vm.Config) (vm.VM, *agent.Client, vm.Config, string, error) {
 	if ts := m.cfg.Templates; ts != nil {
 		if t, ok := ts.Lookup(cfg); ok {
 			clone, err := ts.Clone(cfg, t)

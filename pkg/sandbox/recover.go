@@ -96,6 +96,14 @@ func (m *Manager) recover(ctx context.Context) error {
 		m.ctrs[c.ID()] = c
 		m.names[c.name()] = c.ID()
 	}
+	for _, p := range restored {
+		if p != nil && p.repause {
+			p.repause = false
+			if err := m.PausePod(ctx, p.ID()); err != nil {
+				klog.ErrorS(err, "pause again a pod VM left paused", "pod", p.ID())
+			}
+		}
+	}
 	klog.InfoS("restored runtime state", "pods", len(m.pods), "containers", len(m.ctrs))
 	return nil
 }
@@ -127,6 +135,16 @@ func (m *Manager) restorePod(ctx context.Context, r *podRecord) (*Pod, error) {
 	}
 	actx, cancel := context.WithTimeout(ctx, recoverAgent)
 	defer cancel()
+	if p.rec.Paused {
+		// Left paused: it runs while the daemon reconnects to it and its
+		// containers, then is paused again (recover).
+		if pv, ok := v.(vm.Pauser); ok {
+			if err := pv.Resume(actx); err != nil {
+				klog.ErrorS(err, "resume paused pod VM to restore it", "pod", r.ID)
+			}
+		}
+		p.rec.Paused, p.repause = false, true
+	}
 	client, err := WaitAgent(actx, v)
 	if err != nil {
 		klog.ErrorS(err, "pod agent does not answer; stopping the VM", "pod", r.ID)

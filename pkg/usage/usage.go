@@ -10,9 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -261,26 +259,4 @@ func (m *Meter) Handler() http.Handler {
 type Report struct {
 	Now     time.Time `json:"now"`
 	Records []Record  `json:"records"`
-}
-
-// Serve serves Handler on a unix socket only root can use, until ctx ends.
-func (m *Meter) Serve(ctx context.Context, socket string) error {
-	os.Remove(socket)
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		return err
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

@@ -191,6 +191,13 @@ type Saver interface {
 	Save(ctx context.Context, path string) error
 }
 
+// Pauser is a VM whose vCPUs can be stopped and started again: a paused
+// VM keeps its memory and devices but runs nothing.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
 // Confiner is a VM whose host process can move to another cgroup parent
 // (a warm VM adopted by a pod).
 type Confiner interface {

@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,12 +23,15 @@ func buildHyperctl(t *testing.T) string {
 }
 
 // TestHyperctl drives a running hyperlet with hyperctl: run detached,
-// ps, exec, stats of a busy container, pods, version, info, kill, rm.
+// ps, exec, stats of a busy container, pods, version, info, inspect, kill,
+// rm, pause and unpause (across a daemon SIGKILL), cp both ways.
 func TestHyperctl(t *testing.T) {
 	d := startCRI(t)
 	bin := buildHyperctl(t)
 	ctl := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, append([]string{"--endpoint=" + d.socket}, args...)...).CombinedOutput()
+		cmd := exec.Command(bin, append([]string{"--endpoint=" + d.socket}, args...)...)
+		cmd.Env = append(os.Environ(), "HYPERCTL_ADMIN_SOCKET="+filepath.Join(d.state, "admin.sock"))
+		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
 	must := func(args ...string) string {
@@ -79,4 +84,97 @@ func TestHyperctl(t *testing.T) {
 	if out := must("ps", "-a"); strings.Contains(out, "spin") {
 		t.Errorf("removed container listed:\n%s", out)
 	}
+
+	testHyperctlPause(t, d, ctl, must)
+	testHyperctlCp(t, must)
+	must("rm", "-f", "count")
+}
+
+// testHyperctlPause checks that pause stops a counter loop, across a daemon
+// SIGKILL and restart, and unpause starts it again.
+func testHyperctlPause(t *testing.T, d *criDaemon, ctl func(...string) (string, error), must func(...string) string) {
+	must("run", "-d", "--name=count", testImage, "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done")
+	count := func() int {
+		t.Helper()
+		n, err := strconv.Atoi(strings.TrimSpace(must("exec", "count", "cat", "/tmp/n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if out := must("inspect", "--format=table", "count"); !regexp.MustCompile(`State\s+RUNNING`).MatchString(out) {
+		t.Errorf("inspect --format=table:\n%s", out)
+	}
+	n0 := count()
+	time.Sleep(4 * time.Second)
+	n1 := count()
+	running := n1 - n0
+	if running < 4 {
+		t.Fatalf("the counter moved %d in 4 s running", running)
+	}
+	must("pause", "count")
+	must("pause", "count") // paused twice is paused once
+	if out, err := ctl("exec", "count", "cat", "/tmp/n"); err == nil || !strings.Contains(out, "paused") {
+		t.Errorf("exec in a paused pod: %v\n%s", err, out)
+	}
+	if out := must("ps"); !strings.Contains(out, "count") {
+		t.Errorf("ps while paused:\n%s", out)
+	}
+	if out := must("pods"); !regexp.MustCompile(`PAUSED\s+hyperctl/count`).MatchString(out) {
+		t.Errorf("pods while paused:\n%s", out)
+	}
+	// The pod stays paused across a daemon SIGKILL and restart.
+	d.stop(syscall.SIGKILL)
+	d.start()
+	time.Sleep(4 * time.Second)
+	if out, err := ctl("exec", "count", "cat", "/tmp/n"); err == nil || !strings.Contains(out, "paused") {
+		t.Errorf("exec in a paused pod after a restart: %v\n%s", err, out)
+	}
+	must("unpause", "count")
+	n2 := count()
+	if n2-n1 > running/2 {
+		t.Errorf("the counter moved %d while paused, %d in as long running", n2-n1, running)
+	}
+	time.Sleep(2 * time.Second)
+	if n3 := count(); n3 <= n2 {
+		t.Errorf("the counter did not move after unpause: %d then %d", n2, n3)
+	}
+	if out, err := ctl("pause", "no-such-pod"); err == nil {
+		t.Errorf("pause of a missing pod succeeded:\n%s", out)
+	}
+}
+
+// testHyperctlCp copies a tree into a container and one out of it.
+func testHyperctlCp(t *testing.T, must func(...string) string) {
+	local := t.TempDir()
+	src := filepath.Join(local, "tree")
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "a.txt"), []byte("hello"), 0o644)
+	os.WriteFile(filepath.Join(src, "sub", "b.txt"), []byte("deep"), 0o600)
+	must("cp", src, "count:/tmp/")
+	if out := must("exec", "count", "cat", "/tmp/tree/a.txt", "/tmp/tree/sub/b.txt"); out != "hellodeep" {
+		t.Errorf("copied in: %q", out)
+	}
+	must("cp", filepath.Join(src, "a.txt"), "count:/tmp/renamed.txt")
+	if out := must("exec", "count", "cat", "/tmp/renamed.txt"); out != "hello" {
+		t.Errorf("file copied in as a new name: %q", out)
+	}
+	must("exec", "count", "sh", "-c", "mkdir /tmp/out && echo world > /tmp/out/w && chmod 4755 /tmp/out/w && ln -s /etc/shadow /tmp/out/link")
+	dst := filepath.Join(local, "got")
+	must("cp", "count:/tmp/out", dst)
+	if b, err := os.ReadFile(filepath.Join(dst, "w")); err != nil || string(b) != "world\n" {
+		t.Errorf("copied out: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "w")); err != nil || fi.Mode()&os.ModeSetuid != 0 {
+		t.Errorf("copied-out file mode %v (%v): set-id bits must not leave a container", fi.Mode(), err)
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "link")); err != nil || l != "/etc/shadow" {
+		t.Errorf("copied-out link = %q, %v; want the link itself, not followed", l, err)
+	}
+	must("cp", "count:/tmp/out/w", local) // into an existing directory
+	if b, _ := os.ReadFile(filepath.Join(local, "w")); string(b) != "world\n" {
+		t.Errorf("file copied out into a directory: %q", b)
+	}
+	// A paused pod can still be removed: stopping resumes it first.
+	must("pause", "count")
 }

@@ -106,12 +106,27 @@ func TestPrometheusMetrics(t *testing.T) {
 	if buckets := fams["hyperlet_pod_start_duration_seconds"].GetMetric(); len(buckets) == 0 || len(buckets[0].GetHistogram().GetBucket()) < 5 {
 		t.Errorf("pod start histogram: %v", buckets)
 	}
+	if starts, _ := value(fams, "hyperlet_vm_start_duration_seconds", nil); starts < 2 {
+		t.Errorf("VM starts observed: %v, want at least the 2 pods' VMs", starts)
+	}
+	if _, n := value(fams, "hyperlet_pool_takes_total", nil); n != 2 {
+		t.Errorf("pool takes: %d series, want hit and miss", n)
+	}
 	podA := map[string]string{"pod": "metrics-a", "namespace": "default", "uid": "metrics-a-uid"}
 	if cpu, n := value(fams, "hyperlet_pod_vm_cpu_seconds_total", podA); n != 1 || cpu <= 0 {
 		t.Errorf("VM CPU of pod a: %v (%d series)", cpu, n)
 	}
 	if pss, n := value(fams, "hyperlet_pod_vm_memory_pss_bytes", podA); n != 1 || pss < 8<<20 {
 		t.Errorf("VM PSS of pod a: %v (%d series)", pss, n)
+	}
+	if disk, n := value(fams, "hyperlet_pod_image_disk_bytes", podA); n != 1 || disk < 256<<10 {
+		t.Errorf("image disk bytes of pod a (a busybox container): %v (%d series)", disk, n)
+	}
+	if disk, n := value(fams, "hyperlet_pod_image_disk_bytes", map[string]string{"pod": "metrics-b"}); n != 1 || disk != 0 {
+		t.Errorf("image disk bytes of pod b (no container): %v (%d series)", disk, n)
+	}
+	if paused, n := value(fams, "hyperlet_pod_vm_paused", podA); n != 1 || paused != 0 {
+		t.Errorf("pod a paused: %v (%d series)", paused, n)
 	}
 	spin := map[string]string{"pod": "metrics-a", "container": "spin"}
 	cpu1, n := value(fams, "hyperlet_container_cpu_seconds_total", spin)

@@ -50,7 +50,7 @@ func TestUsageRecord(t *testing.T) {
 	time.Sleep(2 * time.Second)
 
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(d.state, "usage.sock"))
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(d.state, "admin.sock"))
 	}}}
 	resp, err := hc.Get("http://hyperlet/usage")
 	if err != nil {
@@ -87,7 +87,7 @@ func TestUsageRecord(t *testing.T) {
 
 	hyperctl := buildHyperctl(t)
 	cmd := exec.Command(hyperctl, "--endpoint", d.socket, "usage", "--format", "csv", "--since", "1h")
-	cmd.Env = append(os.Environ(), "HYPERCTL_USAGE_SOCKET="+filepath.Join(d.state, "usage.sock"))
+	cmd.Env = append(os.Environ(), "HYPERCTL_ADMIN_SOCKET="+filepath.Join(d.state, "admin.sock"))
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "pod_id,namespace,name,uid,start,end,vcpus,memory_mib,seconds") ||
 		!strings.Contains(string(out), a+",default,usage-a,usage-a-uid,") {

@@ -395,9 +395,26 @@ type instance struct {
 }
 
 var (
-	_ vm.VM    = (*instance)(nil)
-	_ vm.Saver = (*instance)(nil)
+	_ vm.VM     = (*instance)(nil)
+	_ vm.Saver  = (*instance)(nil)
+	_ vm.Pauser = (*instance)(nil)
 )
+
+// Pause stops the VM's vCPUs (QMP stop); see vm.Pauser.
+func (v *instance) Pause(ctx context.Context) error {
+	if _, err := v.execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("pause vm %s: %w", v.cfg.ID, err)
+	}
+	return nil
+}
+
+// Resume starts the VM's vCPUs again (QMP cont).
+func (v *instance) Resume(ctx context.Context) error {
+	if _, err := v.execute(ctx, "cont", nil); err != nil {
+		return fmt.Errorf("resume vm %s: %w", v.cfg.ID, err)
+	}
+	return nil
+}
 
 func (v *instance) ID() string          { return v.cfg.ID }
 func (v *instance) PID() int            { return v.pid }
