@@ -33,7 +33,10 @@ if [ ! -S "$csock" ]; then
 	for _ in $(seq 100); do [ -S "$csock" ] && break; sleep 0.1; done
 fi
 
+metrics=127.0.0.1:${METRICS_PORT:-9338}
 cat > "$demo/config.toml" <<TOML
+metrics_address = "$metrics"
+
 [vm]
 kernel = "$out/vmlinux"
 initrd = "$out/initrd.img"
@@ -61,6 +64,8 @@ fi
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 "$out/hyperlet" status "${flags[@]}"
 export HYPERCTL_ENDPOINT=$sock
+# The admin socket (usage, pause, pull progress) is in the state directory.
+export HYPERCTL_ADMIN_SOCKET=$demo/state/admin.sock
 ctl=$out/hyperctl
 
 echo
@@ -101,8 +106,18 @@ curl -fsS http://127.0.0.1:18081/hostname
 kill $pf
 
 echo
+echo "demo: \$ hyperctl stats --no-stream; hyperctl pause web; hyperctl pods; hyperctl unpause web"
+"$ctl" stats --no-stream
+"$ctl" pause web >/dev/null
+"$ctl" pods
+"$ctl" unpause web >/dev/null
+echo "demo: \$ curl -s http://$metrics/metrics | grep -E '^hyperlet_(pod_start_duration_seconds_count|pods|pod_vm_memory_pss_bytes)'"
+curl -fsS "http://$metrics/metrics" | grep -E '^hyperlet_(pod_start_duration_seconds_count|pods|pod_vm_memory_pss_bytes)' || true
+
+echo
 echo "demo: hyperlet is serving the CRI on unix://$sock"
-echo "demo: try: HYPERCTL_ENDPOINT=$sock $ctl run -it --rm busybox sh"
+echo "demo: Prometheus metrics on http://$metrics/metrics"
+echo "demo: try: HYPERCTL_ENDPOINT=$sock HYPERCTL_ADMIN_SOCKET=$demo/state/admin.sock $ctl run -it --rm busybox sh"
 cleanup="$ctl rm -f web; kill $(cat "$demo/hyperlet.pid")"
 [ ! -f "$demo/containerd.pid" ] || cleanup+="; kill $(cat "$demo/containerd.pid")"
 echo "demo: clean up: $cleanup; hack/registry.sh stop"
