@@ -111,5 +111,5 @@ func (s *service) RemoveContainer(ctx context.Context, req *agentapi.RemoveConta
 }
 
 func (s *service) ContainerStats(ctx context.Context, req *agentapi.ContainerStatsRequest) (*agentapi.ContainerStatsResponse, error) {
-	return containerStats(req.Id)
+	return containerStats(req.Id, req.OpenFiles)
 }

@@ -17,7 +17,7 @@ import (
 
 // containerStats reads a container's usage from its cgroup (cgroup v2) and
 // the size of its writable layer.
-func containerStats(id string) (*agentapi.ContainerStatsResponse, error) {
+func containerStats(id string, openFiles bool) (*agentapi.ContainerStatsResponse, error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -26,31 +26,31 @@ func containerStats(id string) (*agentapi.ContainerStatsResponse, error) {
 		return nil, status.Errorf(codes.NotFound, "container %q has no cgroup", id)
 	}
 	r := &agentapi.ContainerStatsResponse{TimestampUnixNano: time.Now().UnixNano()}
-	r.CpuUsageNano = cgroupKey(filepath.Join(cg, "cpu.stat"), "usage_usec") * 1000
+	// Each flat-keyed file is read once (kubelet asks every few seconds).
+	cpu := flatKeyed(filepath.Join(cg, "cpu.stat"))
+	mem := flatKeyed(filepath.Join(cg, "memory.stat"))
+	events := flatKeyed(filepath.Join(cg, "memory.events"))
+	r.CpuUsageNano = cpu["usage_usec"] * 1000
 	r.MemoryUsageBytes = readUint(filepath.Join(cg, "memory.current"))
-	memStat := filepath.Join(cg, "memory.stat")
-	inactive := cgroupKey(memStat, "inactive_file")
-	if r.MemoryUsageBytes > inactive {
+	if inactive := mem["inactive_file"]; r.MemoryUsageBytes > inactive {
 		r.MemoryWorkingSetBytes = r.MemoryUsageBytes - inactive
 	}
-	r.MemoryRssBytes = cgroupKey(memStat, "anon")
-	r.PageFaults = cgroupKey(memStat, "pgfault")
-	r.MajorPageFaults = cgroupKey(memStat, "pgmajfault")
+	r.MemoryRssBytes = mem["anon"]
+	r.PageFaults = mem["pgfault"]
+	r.MajorPageFaults = mem["pgmajfault"]
 	r.Pids = readUint(filepath.Join(cg, "pids.current"))
-	cpuStat := filepath.Join(cg, "cpu.stat")
-	r.CpuUserNano = cgroupKey(cpuStat, "user_usec") * 1000
-	r.CpuSystemNano = cgroupKey(cpuStat, "system_usec") * 1000
-	r.CpuPeriods = cgroupKey(cpuStat, "nr_periods")
-	r.CpuThrottledPeriods = cgroupKey(cpuStat, "nr_throttled")
-	r.CpuThrottledNano = cgroupKey(cpuStat, "throttled_usec") * 1000
-	r.MemoryCacheBytes = cgroupKey(memStat, "file")
-	r.MemoryKernelBytes = cgroupKey(memStat, "kernel")
-	r.MemoryMappedFileBytes = cgroupKey(memStat, "file_mapped")
+	r.CpuUserNano = cpu["user_usec"] * 1000
+	r.CpuSystemNano = cpu["system_usec"] * 1000
+	r.CpuPeriods = cpu["nr_periods"]
+	r.CpuThrottledPeriods = cpu["nr_throttled"]
+	r.CpuThrottledNano = cpu["throttled_usec"] * 1000
+	r.MemoryCacheBytes = mem["file"]
+	r.MemoryKernelBytes = mem["kernel"]
+	r.MemoryMappedFileBytes = mem["file_mapped"]
 	r.MemoryMaxUsageBytes = readUint(filepath.Join(cg, "memory.peak"))
 	r.MemorySwapBytes = readUint(filepath.Join(cg, "memory.swap.current"))
-	events := filepath.Join(cg, "memory.events")
-	r.MemoryLimitHits = cgroupKey(events, "max")
-	r.OomKills = cgroupKey(events, "oom_kill")
+	r.MemoryLimitHits = events["max"]
+	r.OomKills = events["oom_kill"]
 	r.PidsMax = readUint(filepath.Join(cg, "pids.max")) // "max" reads as 0
 	for _, l := range strings.Split(readString(filepath.Join(cg, "io.stat")), "\n") {
 		for _, kv := range strings.Fields(l)[min(1, len(strings.Fields(l))):] {
@@ -68,7 +68,9 @@ func containerStats(id string) (*agentapi.ContainerStatsResponse, error) {
 			}
 		}
 	}
-	r.Processes, r.FileDescriptors, r.Sockets = processFiles(cg)
+	if openFiles {
+		r.Processes, r.FileDescriptors, r.Sockets = processFiles(cg)
+	}
 	upper := filepath.Join(bundleDir(id), "upper")
 	var fsst syscall.Statfs_t
 	if syscall.Statfs(upper, &fsst) == nil {
@@ -88,6 +90,22 @@ func containerStats(id string) (*agentapi.ContainerStatsResponse, error) {
 		return nil
 	})
 	return r, nil
+}
+
+// flatKeyed reads a cgroup file of "key value" lines.
+func flatKeyed(file string) map[string]uint64 {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	kv := map[string]uint64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			kv[k] = n
+		}
+	}
+	return kv
 }
 
 func readUint(file string) uint64 {

@@ -116,9 +116,10 @@ func (c *Client) RemoveContainer(ctx context.Context, id string) error {
 	return err
 }
 
-// Stats reads a container's usage.
-func (c *Client) Stats(ctx context.Context, id string) (*ContainerStats, error) {
+// Stats reads a container's usage; openFiles also counts its processes'
+// open files and sockets, which costs the guest a walk of /proc.
+func (c *Client) Stats(ctx context.Context, id string, openFiles bool) (*ContainerStats, error) {
 	return call(ctx, c, "container stats", func(s agentapi.AgentService) (*agentapi.ContainerStatsResponse, error) {
-		return s.ContainerStats(ctx, &agentapi.ContainerStatsRequest{Id: id})
+		return s.ContainerStats(ctx, &agentapi.ContainerStatsRequest{Id: id, OpenFiles: openFiles})
 	})
 }

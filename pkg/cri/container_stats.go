@@ -52,7 +52,7 @@ func (s *Service) containerStats(ctx context.Context, c *sandbox.Container) *run
 			Id: c.ID(), Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
 		},
 	}
-	st, err := s.stats.ContainerStats(ctx, c.ID())
+	st, err := s.stats.ContainerStats(ctx, c.ID(), false)
 	if err != nil {
 		return out
 	}

@@ -42,7 +42,7 @@ type Processes interface {
 
 // Stats reads containers' usage.
 type Stats interface {
-	ContainerStats(ctx context.Context, id string) (*sandbox.ContainerStats, error)
+	ContainerStats(ctx context.Context, id string, openFiles bool) (*sandbox.ContainerStats, error)
 }
 
 // Events publishes container lifecycle events.

@@ -55,7 +55,7 @@ func (s *Service) podMetrics(ctx context.Context, p *sandbox.Pod) *runtimeapi.Po
 		if status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 			continue
 		}
-		st, err := s.stats.ContainerStats(ctx, c.ID())
+		st, err := s.stats.ContainerStats(ctx, c.ID(), true)
 		if err != nil {
 			continue
 		}

@@ -33,7 +33,7 @@ type Source interface {
 	VMStatus() sandbox.VMStatus
 	Pods() []*sandbox.Pod
 	PodContainers(podID string) []*sandbox.Container
-	ContainerStats(ctx context.Context, id string) (*sandbox.ContainerStats, error)
+	ContainerStats(ctx context.Context, id string, openFiles bool) (*sandbox.ContainerStats, error)
 }
 
 // Metrics holds the registry and the metrics the CRI layer feeds.
@@ -202,6 +202,7 @@ var (
 	templatesDesc = desc("templates", "VM templates ready for clones.")
 	tmplBytesDesc = desc("template_resident_bytes", "Template RAM held in host memory (shared by their clones).")
 	tmplBuildDesc = desc("template_build_seconds", "How long each ready VM template took to build.", "template")
+	tmplBuiltDesc = desc("template_builds_total", "VM template builds since the daemon started, by result (success or failure).", "result")
 	queueDesc     = desc("start_queue", "Starts in flight and waiting, by queue (pod or container).", "queue", "state")
 	ctrCPUDesc    = desc("container_cpu_seconds_total", "CPU time of a container in its pod's VM.", ctrLabels...)
 	ctrMemoryDesc = desc("container_memory_working_set_bytes", "Working set of a container in its pod's VM.", ctrLabels...)
@@ -220,7 +221,7 @@ type nodeCollector struct {
 }
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{podsDesc, ctrsDesc, accelDesc, vmCPUDesc, vmRSSDesc, vmPSSDesc, netRxDesc, netTxDesc, imageDiskDesc, pausedDesc, poolTakesDesc, poolReadyDesc, templatesDesc, tmplBytesDesc, tmplBuildDesc, queueDesc, ctrCPUDesc, ctrMemoryDesc} {
+	for _, d := range []*prometheus.Desc{podsDesc, ctrsDesc, accelDesc, vmCPUDesc, vmRSSDesc, vmPSSDesc, netRxDesc, netTxDesc, imageDiskDesc, pausedDesc, poolTakesDesc, poolReadyDesc, templatesDesc, tmplBytesDesc, tmplBuildDesc, tmplBuiltDesc, queueDesc, ctrCPUDesc, ctrMemoryDesc} {
 		ch <- d
 	}
 }
@@ -235,6 +236,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(vs.Pool.Ready))
 	ch <- prometheus.MustNewConstMetric(templatesDesc, prometheus.GaugeValue, float64(len(vs.Templates)))
 	ch <- prometheus.MustNewConstMetric(tmplBytesDesc, prometheus.GaugeValue, float64(vs.TemplateBytes))
+	ch <- prometheus.MustNewConstMetric(tmplBuiltDesc, prometheus.CounterValue, float64(vs.TemplateBuilds), "success")
+	ch <- prometheus.MustNewConstMetric(tmplBuiltDesc, prometheus.CounterValue, float64(vs.TemplateBuildFailures), "failure")
 	for _, t := range vs.Templates {
 		ch <- prometheus.MustNewConstMetric(tmplBuildDesc, prometheus.GaugeValue, t.BuildTime.Seconds(), t.Key)
 	}
@@ -289,7 +292,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || ctx.Err() != nil {
 				continue
 			}
-			stats, err := c.src.ContainerStats(ctx, ctr.ID())
+			stats, err := c.src.ContainerStats(ctx, ctr.ID(), false)
 			if err != nil {
 				continue
 			}

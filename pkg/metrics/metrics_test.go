@@ -26,7 +26,7 @@ func (noPods) VMStatus() sandbox.VMStatus {
 	return sandbox.VMStatus{Pool: sandbox.PoolStatus{Hits: 3, Misses: 1, Ready: 2}, PodStarts: sandbox.GateStatus{Running: 1, Waiting: 4}}
 }
 func (noPods) PodContainers(string) []*sandbox.Container { return nil }
-func (noPods) ContainerStats(context.Context, string) (*sandbox.ContainerStats, error) {
+func (noPods) ContainerStats(context.Context, string, bool) (*sandbox.ContainerStats, error) {
 	return nil, errors.New("none")
 }
 

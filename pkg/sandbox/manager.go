@@ -153,8 +153,12 @@ func (m *Manager) Close() error {
 type VMStatus struct {
 	Templates []*template.Template `json:"templates"`
 	// TemplateBytes is how much of the templates' RAM files is in memory.
-	TemplateBytes int64      `json:"templateBytes"`
-	Pool          PoolStatus `json:"pool"`
+	TemplateBytes int64 `json:"templateBytes"`
+	// TemplateBuilds and TemplateBuildFailures count builds since the
+	// daemon started.
+	TemplateBuilds        int        `json:"templateBuilds"`
+	TemplateBuildFailures int        `json:"templateBuildFailures"`
+	Pool                  PoolStatus `json:"pool"`
 	// PodStarts and ContainerStarts are the start queues.
 	PodStarts       GateStatus `json:"podStarts"`
 	ContainerStarts GateStatus `json:"containerStarts"`
@@ -165,6 +169,7 @@ func (m *Manager) VMStatus() VMStatus {
 	st := VMStatus{Pool: m.pool.status(), PodStarts: m.podStarts.status(), ContainerStarts: m.ctrStarts.status()}
 	if ts := m.cfg.Templates; ts != nil {
 		st.Templates, st.TemplateBytes = ts.Templates(), ts.ResidentBytes()
+		st.TemplateBuilds, st.TemplateBuildFailures = ts.Builds()
 	}
 	return st
 }

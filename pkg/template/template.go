@@ -65,6 +65,8 @@ type Store struct {
 	builds singleflight.Group
 	mu     sync.Mutex
 	failed map[string]time.Time // key -> last failed build
+	// built and buildFailures count the builds since the store opened.
+	built, buildFailures int
 	// mem holds each template's RAM as a sealed memfd, loaded from its file
 	// once: clones map it private, and nothing can write to it.
 	mem map[string]*os.File
@@ -344,8 +346,10 @@ func (s *Store) Ensure(ctx context.Context, cfg vm.Config) (*Template, error) {
 		s.mu.Lock()
 		if err != nil {
 			s.failed[key] = time.Now()
+			s.buildFailures++
 		} else {
 			delete(s.failed, key)
+			s.built++
 		}
 		s.mu.Unlock()
 		return t, err
@@ -354,6 +358,14 @@ func (s *Store) Ensure(ctx context.Context, cfg vm.Config) (*Template, error) {
 		return nil, err
 	}
 	return v.(*Template), nil
+}
+
+// Builds counts the builds since the store opened that succeeded and that
+// failed.
+func (s *Store) Builds() (ok, failed int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.built, s.buildFailures
 }
 
 // Prepare builds the template for cfg in the background if it is missing.

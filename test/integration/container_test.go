@@ -156,7 +156,7 @@ func TestContainerInVM(t *testing.T) {
 	if err != nil || st.ExitCode != 7 {
 		t.Fatalf("c2 after SIGTERM: %v %+v", err, st)
 	}
-	stats, err := v.client.Stats(ctx, "c2")
+	stats, err := v.client.Stats(ctx, "c2", true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,6 +61,18 @@ func checkPodMetrics(t *testing.T, d *criDaemon, ctx context.Context, pod string
 			t.Errorf("pod metric %s%v = %d (found %v), want at least %d", c.name, c.label, v, ok, c.min)
 		}
 	}
+	// Open files are counted for the CRI metrics (not for plain stats).
+	for _, name := range []string{"container_processes", "container_file_descriptors"} {
+		var most uint64
+		for _, c := range pm.ContainerMetrics {
+			if v, ok := value(c.Metrics, name); ok {
+				most = max(most, v)
+			}
+		}
+		if most < 1 {
+			t.Errorf("container metric %s: at most %d in the pod's containers", name, most)
+		}
+	}
 	// Every metric described is reported, but the block I/O ones (the
 	// writable layer is in guest memory: no I/O to count).
 	found := map[string]bool{}

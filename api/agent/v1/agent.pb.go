@@ -1909,8 +1909,11 @@ func (x *RemoveContainerRequest) GetId() string {
 }
 
 type ContainerStatsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// open_files also counts the processes' open files and sockets, which
+	// walks /proc: only the CRI metrics ask for it.
+	OpenFiles     bool `protobuf:"varint,2,opt,name=open_files,json=openFiles,proto3" json:"open_files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1950,6 +1953,13 @@ func (x *ContainerStatsRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *ContainerStatsRequest) GetOpenFiles() bool {
+	if x != nil {
+		return x.OpenFiles
+	}
+	return false
 }
 
 type ContainerStatsResponse struct {
@@ -2436,9 +2446,11 @@ const file_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
 	"\tresources\x18\x02 \x01(\fR\tresources\"(\n" +
 	"\x16RemoveContainerRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"F\n" +
 	"\x15ContainerStatsRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xd0\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"open_files\x18\x02 \x01(\bR\topenFiles\"\xd0\n" +
 	"\n" +
 	"\x16ContainerStatsResponse\x12$\n" +
 	"\x0ecpu_usage_nano\x18\x01 \x01(\x04R\fcpuUsageNano\x12,\n" +
