@@ -93,14 +93,23 @@ func TestHyperctl(t *testing.T) {
 // testHyperctlPause checks that pause stops a counter loop, across a daemon
 // SIGKILL and restart, and unpause starts it again.
 func testHyperctlPause(t *testing.T, d *criDaemon, ctl func(...string) (string, error), must func(...string) string) {
-	must("run", "-d", "--name=count", testImage, "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done")
+	must("run", "-d", "--name=count", testImage, "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 0.1; done")
 	count := func() int {
 		t.Helper()
-		n, err := strconv.Atoi(strings.TrimSpace(must("exec", "count", "cat", "/tmp/n")))
-		if err != nil {
-			t.Fatal(err)
+		// The loop replaces the file whole; it is missing only before the
+		// first round.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			out, err := ctl("exec", "count", "cat", "/tmp/n")
+			n, perr := strconv.Atoi(strings.TrimSpace(out))
+			if err == nil && perr == nil {
+				return n
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("read the counter: %v, %v\n%s", err, perr, out)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		return n
 	}
 	if out := must("inspect", "--format=table", "count"); !regexp.MustCompile(`State\s+RUNNING`).MatchString(out) {
 		t.Errorf("inspect --format=table:\n%s", out)
