@@ -20,11 +20,15 @@ import (
 // adminDo calls hyperlet's admin endpoint (a unix socket beside the CRI
 // socket) and decodes a JSON answer into out, if set.
 func (c *cli) adminDo(ctx context.Context, method, path string, out any) error {
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", c.adminSocket)
-		},
-	}}
+	c.adminOnce.Do(func() {
+		// One client: its connection is reused by every call.
+		c.admin = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", c.adminSocket)
+			},
+		}}
+	})
+	hc := c.admin
 	req, err := http.NewRequestWithContext(ctx, method, "http://hyperlet"+path, nil)
 	if err != nil {
 		return err
@@ -142,13 +146,8 @@ func (c *cli) showPull(ctx context.Context, ref string, done <-chan struct{}) {
 
 // sameImage compares a normalised reference with what the user typed.
 func sameImage(normalised, typed string) bool {
-	if normalised == typed {
-		return true
-	}
-	if !strings.Contains(typed, ":") && !strings.Contains(typed, "@") {
-		typed += ":latest"
-	}
-	return strings.HasSuffix(normalised, "/"+typed)
+	n, err := imageservice.Normalize(typed)
+	return err == nil && n.String() == normalised
 }
 
 func progressLine(p imageservice.PullProgress) string {

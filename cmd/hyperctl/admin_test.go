@@ -18,7 +18,10 @@ func TestSameImage(t *testing.T) {
 		{"docker.io/library/busybox:1", "busybox", false},
 		{"registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10", true},
 		{"docker.io/library/notbusybox:latest", "busybox", false},
-		{"docker.io/library/busybox@sha256:abc", "busybox@sha256:abc", true},
+		{"quay.io/x/busybox:latest", "busybox", false},
+		{"docker.io/library/busybox:latest", "docker.io/library/busybox", true},
+		{"localhost:5000/app:latest", "localhost:5000/app", true},
+		{"docker.io/library/busybox@sha256:" + strings.Repeat("a", 64), "busybox@sha256:" + strings.Repeat("a", 64), true},
 	} {
 		if got := sameImage(tc.normalised, tc.typed); got != tc.want {
 			t.Errorf("sameImage(%q, %q) = %v", tc.normalised, tc.typed, got)

@@ -90,11 +90,18 @@ func (c *cli) copyOut(ctx context.Context, id, src, dst string) error {
 	}
 	dir, base := path.Split(src)
 	// Into dst if it is a directory, else as dst.
-	into, rename := dst, ""
-	if fi, err := os.Stat(dst); err != nil || !fi.IsDir() {
-		into, rename = filepath.Dir(dst), filepath.Base(dst)
+	final := dst
+	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+		final = filepath.Join(dst, base)
 	}
-	root, err := os.OpenRoot(into)
+	// Unpacked in a fresh directory beside the destination, then renamed
+	// into place: nothing the container sends can reach what is there.
+	tmp, err := os.MkdirTemp(filepath.Dir(final), ".hyperctl-cp-")
+	if err != nil {
+		return fmt.Errorf("cp: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	root, err := os.OpenRoot(tmp)
 	if err != nil {
 		return fmt.Errorf("cp: %w", err)
 	}
@@ -102,7 +109,7 @@ func (c *cli) copyOut(ctx context.Context, id, src, dst string) error {
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		err := untar(root, pr, base, rename)
+		err := untar(root, pr, base)
 		pr.CloseWithError(err)
 		errc <- err
 	}()
@@ -112,13 +119,19 @@ func (c *cli) copyOut(ctx context.Context, id, src, dst string) error {
 	if err != nil {
 		return fmt.Errorf("cp: tar in the container: %w", err)
 	}
-	return uerr
+	if uerr != nil {
+		return uerr
+	}
+	if err := os.Rename(filepath.Join(tmp, base), final); err != nil {
+		return fmt.Errorf("cp: %w", err)
+	}
+	return nil
 }
 
-// untar writes a tar stream under root; a leading path component old is
-// renamed to rename, if set. Links are made as links but never followed:
-// os.Root keeps every write under root.
-func untar(root *os.Root, r io.Reader, old, rename string) error {
+// untar writes a tar stream whose every entry is top or under it into
+// root. Links are made as links, but nothing is written through one: every
+// directory on an entry's path must be a real directory the stream made.
+func untar(root *os.Root, r io.Reader, top string) error {
 	tr := tar.NewReader(r)
 	seen := false
 	for {
@@ -136,24 +149,20 @@ func untar(root *os.Root, r io.Reader, old, rename string) error {
 		if !fs.ValidPath(name) || name == "." {
 			return fmt.Errorf("cp: unsafe name %q in the container's tar", h.Name)
 		}
-		if rename != "" {
-			if first, rest, _ := strings.Cut(name, "/"); first == old {
-				name = path.Join(rename, rest)
-			}
+		if name != top && !strings.HasPrefix(name, top+"/") {
+			return fmt.Errorf("cp: %q in the container's tar is not under %q", h.Name, top)
 		}
 		seen = true
 		mode := fs.FileMode(h.Mode) & fs.ModePerm // no set-id or sticky bits from a container
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := root.MkdirAll(name, 0o755); err != nil {
-				return fmt.Errorf("cp: %w", err)
+			if err := mkdirs(root, name); err != nil {
+				return err
 			}
-			root.Chmod(name, mode|0o700)
+			root.Chmod(name, mode|0o700) // a real directory: mkdirs checked
 		case tar.TypeReg:
-			if d := path.Dir(name); d != "." {
-				if err := root.MkdirAll(d, 0o755); err != nil {
-					return fmt.Errorf("cp: %w", err)
-				}
+			if err := mkdirs(root, path.Dir(name)); err != nil {
+				return err
 			}
 			root.Remove(name) // replace, never write through what was there
 			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
@@ -168,6 +177,9 @@ func untar(root *os.Root, r io.Reader, old, rename string) error {
 				return fmt.Errorf("cp: %s: %w", name, err)
 			}
 		case tar.TypeSymlink:
+			if err := mkdirs(root, path.Dir(name)); err != nil {
+				return err
+			}
 			root.Remove(name)
 			if err := root.Symlink(h.Linkname, name); err != nil {
 				return fmt.Errorf("cp: %w", err)
@@ -176,6 +188,30 @@ func untar(root *os.Root, r io.Reader, old, rename string) error {
 			fmt.Fprintf(os.Stderr, "hyperctl cp: skipping %s (not a file, directory or symlink)\n", name)
 		}
 	}
+}
+
+// mkdirs makes dir and its parents under root, refusing any that exists
+// as something other than a directory (a symlink above all).
+func mkdirs(root *os.Root, dir string) error {
+	if dir == "." {
+		return nil
+	}
+	p := ""
+	for _, part := range strings.Split(dir, "/") {
+		p = path.Join(p, part)
+		fi, err := root.Lstat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if err := root.Mkdir(p, 0o755); err != nil {
+				return fmt.Errorf("cp: %w", err)
+			}
+		case err != nil:
+			return fmt.Errorf("cp: %w", err)
+		case !fi.IsDir():
+			return fmt.Errorf("cp: %s in the container's tar is not a directory: refusing to write through it", p)
+		}
+	}
+	return nil
 }
 
 func (c *cli) copyIn(ctx context.Context, id, src, dst string) error {
@@ -190,9 +226,20 @@ func (c *cli) copyIn(ctx context.Context, id, src, dst string) error {
 		into, name = path.Dir(dst), path.Base(dst)
 	}
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(tarTree(pw, src, fi, name)) }()
-	if err := c.execStream(ctx, id, []string{"tar", "xf", "-", "-C", into}, pr, io.Discard); err != nil {
-		pr.CloseWithError(err)
+	errc := make(chan error, 1)
+	go func() {
+		err := tarTree(pw, src, fi, name)
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	err = c.execStream(ctx, id, []string{"tar", "xf", "-", "-C", into}, pr, io.Discard)
+	pr.CloseWithError(err)
+	// The stream's reader swallows an error on our side: a tree cut short
+	// must not pass for a copy.
+	if terr := <-errc; terr != nil && !(err == nil && errors.Is(terr, io.ErrClosedPipe)) {
+		return fmt.Errorf("cp: %s: %w", src, terr)
+	}
+	if err != nil {
 		return fmt.Errorf("cp: tar in the container: %w", err)
 	}
 	return nil

@@ -18,27 +18,40 @@ func TestUntar(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		entries   []entry
-		rename    string
 		wantErr   string
 		wantFiles map[string]string // path -> content, "->target" for links
 		wantMode  map[string]os.FileMode
 	}{
-		{name: "tree renamed", rename: "new", entries: []entry{
+		{name: "tree", entries: []entry{
 			{name: "old/", typ: tar.TypeDir, mode: 0o755},
 			{name: "old/a", body: "A", typ: tar.TypeReg, mode: 0o644},
 			{name: "old/sub/b", body: "B", typ: tar.TypeReg, mode: 0o600},
 			{name: "old/l", link: "/etc/passwd", typ: tar.TypeSymlink},
-		}, wantFiles: map[string]string{"new/a": "A", "new/sub/b": "B", "new/l": "->/etc/passwd"}},
+		}, wantFiles: map[string]string{"old/a": "A", "old/sub/b": "B", "old/l": "->/etc/passwd"}},
+		{name: "entry outside the source refused", entries: []entry{
+			{name: "old/", typ: tar.TypeDir, mode: 0o755},
+			{name: ".bashrc", body: "x", typ: tar.TypeReg, mode: 0o644},
+		}, wantErr: "not under"},
+		{name: "write through an inner link refused", entries: []entry{
+			{name: "old/", typ: tar.TypeDir, mode: 0o755},
+			{name: "old/up", link: "..", typ: tar.TypeSymlink},
+			{name: "old/up/evil", body: "x", typ: tar.TypeReg, mode: 0o644},
+		}, wantErr: "not a directory"},
+		{name: "directory over an inner link refused", entries: []entry{
+			{name: "old/", typ: tar.TypeDir, mode: 0o755},
+			{name: "old/d", link: ".", typ: tar.TypeSymlink},
+			{name: "old/d/", typ: tar.TypeDir, mode: 0o777},
+		}, wantErr: "not a directory"},
 		{name: "set-id bits dropped", entries: []entry{
 			{name: "old", body: "x", typ: tar.TypeReg, mode: 0o4755 | 0o2000},
 		}, wantFiles: map[string]string{"old": "x"}, wantMode: map[string]os.FileMode{"old": 0o755}},
 		{name: "dot-dot refused", entries: []entry{{name: "../evil", body: "x", typ: tar.TypeReg, mode: 0o644}}, wantErr: "unsafe name"},
 		{name: "absolute refused", entries: []entry{{name: "/evil", body: "x", typ: tar.TypeReg, mode: 0o644}}, wantErr: "unsafe name"},
 		{name: "nested dot-dot refused", entries: []entry{{name: "old/../../evil", body: "x", typ: tar.TypeReg, mode: 0o644}}, wantErr: "unsafe name"},
-		{name: "write through a link refused", entries: []entry{
+		{name: "write through the top link refused", entries: []entry{
 			{name: "old", link: "..", typ: tar.TypeSymlink},
 			{name: "old/evil", body: "x", typ: tar.TypeReg, mode: 0o644},
-		}, wantErr: "escapes"},
+		}, wantErr: "not a directory"},
 		{name: "empty", wantErr: "sent nothing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -57,13 +70,15 @@ func TestUntar(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer root.Close()
-			err = untar(root, &buf, "old", tc.rename)
+			err = untar(root, &buf, "old")
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("untar = %v, want %q", err, tc.wantErr)
 				}
-				if _, err := os.Lstat(filepath.Join(parent, "evil")); err == nil {
-					t.Fatal("a file was written outside the destination")
+				for _, p := range []string{filepath.Join(parent, "evil"), filepath.Join(dir, "evil"), filepath.Join(dir, ".bashrc")} {
+					if _, err := os.Lstat(p); err == nil {
+						t.Fatalf("%s was written outside the source's tree", p)
+					}
 				}
 				return
 			}

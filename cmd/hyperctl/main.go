@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,8 +25,10 @@ type cli struct {
 	rs runtimeapi.RuntimeServiceClient
 	is runtimeapi.ImageServiceClient
 	// adminSocket is hyperlet's admin endpoint (usage, pause, pulls),
-	// beside its CRI socket.
+	// beside its CRI socket; admin is its client, made once.
 	adminSocket string
+	adminOnce   sync.Once
+	admin       *http.Client
 }
 
 func main() {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -79,16 +80,11 @@ func statusOf(err error) int {
 
 // Serve serves h on a unix socket only root can use, until ctx ends.
 func Serve(ctx context.Context, socket string, h http.Handler) error {
-	os.Remove(socket)
-	ln, err := net.Listen("unix", socket)
+	ln, err := listenPrivate(socket)
 	if err != nil {
 		return err
 	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
@@ -97,4 +93,42 @@ func Serve(ctx context.Context, socket string, h http.Handler) error {
 		return err
 	}
 	return nil
+}
+
+// listenPrivate binds socket mode 0600 with no moment at which anyone else
+// could connect: it is made in a directory of its own, only root's, and
+// renamed into place once its mode is set.
+func listenPrivate(socket string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(socket), ".admin-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, socket); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &unlinkOnClose{Listener: ln, path: socket}, nil
+}
+
+// unlinkOnClose removes the socket, under its final name, when closed.
+type unlinkOnClose struct {
+	net.Listener
+	path string
+}
+
+func (l *unlinkOnClose) Close() error {
+	err := l.Listener.Close()
+	os.Remove(l.path)
+	return err
 }

@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hyperlet/hyperlet/pkg/imageservice"
 	"github.com/hyperlet/hyperlet/pkg/sandbox"
@@ -60,5 +64,45 @@ func TestHandler(t *testing.T) {
 	var got []imageservice.PullProgress
 	if err := json.NewDecoder(rec.Body).Decode(&got); err != nil || len(got) != 1 || got[0].BytesDone != 4 {
 		t.Errorf("GET /pulls = %+v, %v", got, err)
+	}
+}
+
+func TestServePrivateSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, sock, http.NotFoundHandler()) }()
+	var fi os.FileInfo
+	for i := 0; i < 100; i++ {
+		var err error
+		if fi, err = os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if fi == nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v", fi)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://hyperlet/nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("status %d", resp.StatusCode)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("left beside the socket: %v", ents)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); err == nil {
+		t.Error("socket left after Serve returned")
 	}
 }

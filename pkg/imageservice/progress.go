@@ -56,6 +56,14 @@ func (p *progress) need(layers []v1.Descriptor) {
 	p.bytes.Store(n)
 }
 
+// stored counts a layer another pull stored meanwhile as fetched.
+func (p *progress) stored(size int64) {
+	if p != nil {
+		p.bytesDone.Add(size)
+		p.layersDone.Add(1)
+	}
+}
+
 func (p *progress) layerDone() {
 	if p != nil {
 		p.layersDone.Add(1)

@@ -176,21 +176,29 @@ func (s *Service) storeImage(img v1.Image, pr *progress) (*Image, error) {
 
 	rec := &Image{ID: cfgDigest, Manifest: manifestDigest, Config: cfgDigest, User: cfg.Config.User,
 		Size: uint64(len(raw)) + uint64(m.Config.Size)}
+	// Each layer not stored yet is fetched once, however often the
+	// manifest lists it.
 	var missing []v1.Descriptor
-	for _, l := range m.Layers {
-		if !s.store.Has(digest.Digest(l.Digest.String())) {
-			missing = append(missing, l)
-		}
-	}
-	pr.need(missing)
+	seen := map[digest.Digest]bool{}
 	for _, l := range m.Layers {
 		d := digest.Digest(l.Digest.String())
-		if !s.store.Has(d) {
-			if err := s.fetchLayer(img, l, pr); err != nil {
-				return nil, err
-			}
+		if !seen[d] && !s.store.Has(d) {
+			missing = append(missing, l)
 		}
-		rec.Layers = append(rec.Layers, d)
+		seen[d] = true
+	}
+	pr.need(missing)
+	for _, l := range missing {
+		if s.store.Has(digest.Digest(l.Digest.String())) {
+			pr.stored(l.Size) // by a concurrent pull meanwhile
+			continue
+		}
+		if err := s.fetchLayer(img, l, pr); err != nil {
+			return nil, err
+		}
+	}
+	for _, l := range m.Layers {
+		rec.Layers = append(rec.Layers, digest.Digest(l.Digest.String()))
 		rec.Size += uint64(l.Size)
 	}
 	return rec, nil

@@ -37,6 +37,10 @@ func (c *Container) stop(ctx context.Context, timeout int64) error {
 	if !running || proc == nil {
 		return nil
 	}
+	// Signals would wait on a paused guest, and land when it resumes.
+	if c.pod.Paused() {
+		return fmt.Errorf("stop container %s: %w", id, ErrPaused)
+	}
 	signal := func(sig uint32) error {
 		// A guest that stopped answering must not hold the caller.
 		sctx, cancel := context.WithTimeout(ctx, agentCallTimeout)
@@ -84,6 +88,10 @@ func (m *Manager) RemoveContainer(ctx context.Context, id string) error {
 		return err
 	}
 	defer c.op.Unlock()
+	// The guest must remove its side: a paused one cannot yet.
+	if c.pod.Paused() {
+		return fmt.Errorf("remove container %s: %w", id, ErrPaused)
+	}
 	if err := c.stop(ctx, 0); err != nil {
 		return err
 	}

@@ -28,6 +28,10 @@ func (m *Manager) PausePod(ctx context.Context, id string) error {
 		return err
 	}
 	p.mu.Lock()
+	if p.stopping {
+		p.mu.Unlock()
+		return fmt.Errorf("pod %s is stopping: %w", id, ErrNotReady)
+	}
 	if p.rec.Paused {
 		p.mu.Unlock()
 		return nil
@@ -41,6 +45,14 @@ func (m *Manager) PausePod(ctx context.Context, id string) error {
 		return fmt.Errorf("persist pod: %w", err)
 	}
 	if err := pv.Pause(ctx); err != nil {
+		// The stop may have taken effect before the error: undo it; if
+		// that fails too, the pod stays paused, for unpause to retry.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if rerr := pv.Resume(rctx); rerr != nil {
+			klog.ErrorS(rerr, "resume a pod VM after a failed pause; it stays paused", "pod", id)
+			return err
+		}
 		p.setPaused(false)
 		return err
 	}
@@ -60,14 +72,13 @@ func (m *Manager) ResumePod(ctx context.Context, id string) error {
 	return p.resume(ctx)
 }
 
-// resume is ResumePod with p.op held.
+// resume is ResumePod with p.op held. QMP cont is sent even when the pod is
+// not marked paused: it is harmless on a running VM and frees one whose
+// pause failed halfway.
 func (p *Pod) resume(ctx context.Context) error {
 	p.mu.Lock()
-	paused, client := p.rec.Paused, p.agent
+	client := p.agent
 	p.mu.Unlock()
-	if !paused {
-		return nil
-	}
 	pv, err := p.pauser()
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -44,8 +45,10 @@ func TestPausePod(t *testing.T) {
 	}{
 		{name: "pause and resume", vm: &pausableVM{}, state: runtime.PodSandboxState_SANDBOX_READY,
 			wantPaused: true, wantCalls: []string{"pause", "resume"}},
-		{name: "pause fails: not paused", vm: &pausableVM{pauseErr: boom}, state: runtime.PodSandboxState_SANDBOX_READY,
-			pauseWant: boom, wantCalls: []string{"pause"}},
+		{name: "pause fails: undone, not paused", vm: &pausableVM{pauseErr: boom}, state: runtime.PodSandboxState_SANDBOX_READY,
+			pauseWant: boom, wantCalls: []string{"pause", "resume"}},
+		{name: "pause and its undo fail: stays paused", vm: &pausableVM{pauseErr: boom, resumeErr: boom}, state: runtime.PodSandboxState_SANDBOX_READY,
+			pauseWant: boom, wantPaused: true, resumeWant: boom, wantCalls: []string{"pause", "resume", "resume"}, pausedAfter: true},
 		{name: "resume fails: still paused", vm: &pausableVM{resumeErr: boom}, state: runtime.PodSandboxState_SANDBOX_READY,
 			wantPaused: true, resumeWant: boom, wantCalls: []string{"pause", "resume"}, pausedAfter: true},
 		{name: "stopped pod", vm: &pausableVM{}, state: runtime.PodSandboxState_SANDBOX_NOTREADY,
@@ -86,7 +89,7 @@ func TestPausePod(t *testing.T) {
 				}
 			}
 			if pv, ok := tc.vm.(*pausableVM); ok && len(tc.wantCalls) > 0 {
-				if len(pv.calls) != len(tc.wantCalls) {
+				if strings.Join(pv.calls, " ") != strings.Join(tc.wantCalls, " ") {
 					t.Errorf("calls %v, want %v", pv.calls, tc.wantCalls)
 				}
 			}
@@ -94,5 +97,17 @@ func TestPausePod(t *testing.T) {
 				t.Errorf("ResumePod of a missing pod = %v, want ErrNotFound", err)
 			}
 		})
+	}
+}
+
+func TestPauseRefusedWhileStopping(t *testing.T) {
+	m := newTestManager(t, &fakeNetwork{})
+	v := &pausableVM{}
+	p := &Pod{m: m, cfg: &runtime.PodSandboxConfig{}, rec: podRecord{ID: "p1", State: runtime.PodSandboxState_SANDBOX_READY}, vm: v, stopping: true}
+	m.mu.Lock()
+	m.pods[p.ID()] = p
+	m.mu.Unlock()
+	if err := m.PausePod(context.Background(), "p1"); !errors.Is(err, ErrNotReady) || len(v.calls) != 0 {
+		t.Errorf("PausePod of a stopping pod = %v (calls %v), want ErrNotReady and no QMP", err, v.calls)
 	}
 }

@@ -44,8 +44,9 @@ type Pod struct {
 	rec   podRecord
 	vm    vm.VM
 	agent *agent.Client
-	// repause is set while a pod VM found paused runs for its restore.
-	repause bool
+	// repause is set while a pod VM found paused runs for its restore;
+	// stopping once StopPod began (no pause from then on).
+	repause, stopping bool
 	// hooksStopped is set once the NRI plugins were told the pod stopped
 	// (or it was restored stopped).
 	hooksStopped bool

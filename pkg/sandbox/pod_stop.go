@@ -23,10 +23,17 @@ func (m *Manager) StopPod(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	// A paused VM runs again, so that its containers stop in order.
+	// A paused VM runs again, so that its containers stop in order, and
+	// is not paused again while they do.
 	p.op.Lock()
-	if err := p.resume(ctx); err != nil {
-		klog.InfoS("resume paused pod to stop it", "pod", p.ID(), "err", err)
+	p.mu.Lock()
+	p.stopping = true
+	paused := p.rec.Paused
+	p.mu.Unlock()
+	if paused {
+		if err := p.resume(ctx); err != nil {
+			klog.InfoS("resume paused pod to stop it", "pod", p.ID(), "err", err)
+		}
 	}
 	p.op.Unlock()
 	for _, c := range m.podContainers(p.ID()) {
@@ -102,6 +109,7 @@ func (p *Pod) stopVM(ctx context.Context) {
 	}
 	p.mu.Lock()
 	p.vm, p.agent = nil, nil
+	p.rec.Paused = false // persisted with the pod's state
 	p.mu.Unlock()
 }
 

@@ -135,14 +135,15 @@ func (m *Manager) restorePod(ctx context.Context, r *podRecord) (*Pod, error) {
 	}
 	actx, cancel := context.WithTimeout(ctx, recoverAgent)
 	defer cancel()
-	if p.rec.Paused {
-		// Left paused: it runs while the daemon reconnects to it and its
-		// containers, then is paused again (recover).
-		if pv, ok := v.(vm.Pauser); ok {
-			if err := pv.Resume(actx); err != nil {
-				klog.ErrorS(err, "resume paused pod VM to restore it", "pod", r.ID)
-			}
+	// A VM left paused (or stopped by a pause cut short) runs while the
+	// daemon reconnects to it and its containers; one that was paused is
+	// paused again then (recover). cont is harmless on a running VM.
+	if pv, ok := v.(vm.Pauser); ok {
+		if err := pv.Resume(actx); err != nil {
+			klog.ErrorS(err, "resume pod VM to restore it", "pod", r.ID)
 		}
+	}
+	if p.rec.Paused {
 		p.rec.Paused, p.repause = false, true
 	}
 	client, err := WaitAgent(actx, v)

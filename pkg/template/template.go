@@ -542,6 +542,9 @@ func (s *Store) Templates() []*Template {
 	ents, _ := os.ReadDir(s.dir)
 	var out []*Template
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // a build in progress
+		}
 		if t, err := readMeta(filepath.Join(s.dir, e.Name())); err == nil && t.Inputs == s.inputs {
 			out = append(out, t)
 		}

@@ -126,6 +126,9 @@ func testHyperctlPause(t *testing.T, d *criDaemon, ctl func(...string) (string, 
 	if out, err := ctl("exec", "count", "cat", "/tmp/n"); err == nil || !strings.Contains(out, "paused") {
 		t.Errorf("exec in a paused pod: %v\n%s", err, out)
 	}
+	if out, err := ctl("stop", "count"); err == nil || !strings.Contains(out, "paused") {
+		t.Errorf("stop in a paused pod: %v\n%s", err, out)
+	}
 	if out := must("ps"); !strings.Contains(out, "count") {
 		t.Errorf("ps while paused:\n%s", out)
 	}
