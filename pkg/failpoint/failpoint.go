@@ -3,7 +3,7 @@
 //
 // Failpoints are set only through the HYPERLET_FAILPOINTS environment
 // variable, read once at start: a comma-separated list of name=action, where
-// action is "error" or "kill". Production configuration has no way to set
+// action is "error", "panic" or "kill". Production configuration has no way to set
 // them; unset, Hit is one map lookup.
 package failpoint
 
@@ -48,6 +48,8 @@ func Hit(name string) error {
 		select {} // the signal is on its way
 	case "error":
 		return fmt.Errorf("failpoint %s: %w", name, ErrInjected)
+	case "panic":
+		panic(fmt.Sprintf("failpoint %s", name))
 	default:
 		return fmt.Errorf("failpoint %s: unknown action %q", name, points[name])
 	}

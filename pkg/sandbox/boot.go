@@ -18,11 +18,9 @@ func BootVM(ctx context.Context, hv vm.Hypervisor, cfg vm.Config) (_ vm.VM, _ *a
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			v.Kill()
-		}
-	}()
+	defer undo(&retErr, func() {
+		v.Kill()
+	})
 	c, err := WaitAgent(ctx, v)
 	if err != nil {
 		return nil, nil, err

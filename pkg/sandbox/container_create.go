@@ -45,11 +45,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		return nil, err
 	}
 	defer m.hooks.Block()()
-	defer func() {
-		if retErr != nil {
-			m.releaseName(c.name(), id)
-		}
-	}()
+	defer undo(&retErr, func() {
+		m.releaseName(c.name(), id)
+	})
 
 	img, err := m.images.Get(cfg.Image.Image)
 	if err != nil {
@@ -60,20 +58,16 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err != nil {
 		return nil, fmt.Errorf("pin image: %w", err)
 	}
-	defer func() {
-		if retErr != nil {
-			release()
-		}
-	}()
+	defer undo(&retErr, func() {
+		release()
+	})
 	vols, volIDs, releaseVols, err := m.imageVolumes(ctx, pod, cfg.Mounts)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			releaseVols()
-		}
-	}()
+	defer undo(&retErr, func() {
+		releaseVols()
+	})
 	c.rec.VolumeImages = volIDs
 	imgCfg, err := m.images.ConfigFile(img)
 	if err != nil {
@@ -103,13 +97,11 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := c.persistLocked(); err != nil {
 		return nil, fmt.Errorf("persist container: %w", err)
 	}
-	defer func() {
-		if retErr != nil {
-			if err := m.db.delete(containersBucket, id); err != nil {
-				klog.ErrorS(err, "delete record of a container that failed to create; the next start removes it", "container", id)
-			}
+	defer undo(&retErr, func() {
+		if err := m.db.delete(containersBucket, id); err != nil {
+			klog.ErrorS(err, "delete record of a container that failed to create; the next start removes it", "container", id)
 		}
-	}()
+	})
 	if err := failpoint.Hit("create-container:before-volumes"); err != nil {
 		return nil, err
 	}
@@ -143,11 +135,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := m.hooks.CreateContainer(ctx, pod, c, spec); err != nil {
 		return nil, fmt.Errorf("NRI CreateContainer: %w", err)
 	}
-	defer func() {
-		if retErr != nil {
-			m.undoContainerHooks(pod, c)
-		}
-	}()
+	defer undo(&retErr, func() {
+		m.undoContainerHooks(pod, c)
+	})
 	if err := failpoint.Hit("create-container:before-volumes"); err != nil {
 		return nil, err
 	}
@@ -160,24 +150,20 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
-		}
-	}()
+	defer undo(&retErr, func() {
+		unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
+	})
 	spec.Mounts = placeVolumes(spec.Mounts, at, mounts)
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err
 	}
 	// The guest may have made the container even if the call failed (out
 	// of time): removal is idempotent, so undo it either way.
-	defer func() {
-		if retErr != nil {
-			rctx, cancel := context.WithTimeout(context.Background(), agentCallTimeout)
-			client.RemoveContainer(rctx, id)
-			cancel()
-		}
-	}()
+	defer undo(&retErr, func() {
+		rctx, cancel := context.WithTimeout(context.Background(), agentCallTimeout)
+		client.RemoveContainer(rctx, id)
+		cancel()
+	})
 	u, err := client.CreateContainer(ctx, agent.ContainerCreate{
 		ID: id, ImageID: agentImageID(imageID), User: user, Spec: spec, ImageVolumes: vols,
 		StrictGroups: cfg.GetLinux().GetSecurityContext().GetSupplementalGroupsPolicy() == runtime.SupplementalGroupsPolicy_Strict,

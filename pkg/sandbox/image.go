@@ -68,11 +68,9 @@ func (m *Manager) imageVolumes(ctx context.Context, pod *Pod, ms []*runtime.Moun
 			r()
 		}
 	}
-	defer func() {
-		if retErr != nil {
-			release()
-		}
-	}()
+	defer undo(&retErr, func() {
+		release()
+	})
 	var vols []*agentapi.ImageVolume
 	for _, mnt := range ms {
 		if mnt.GetImage() == nil {

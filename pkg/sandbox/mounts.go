@@ -44,12 +44,10 @@ func makeShared(shared string) (retErr error) {
 	if err := os.Mkdir(shared, 0o755); err != nil {
 		return fmt.Errorf("create shared directory: %w", err)
 	}
-	defer func() {
-		if retErr != nil {
-			unix.Unmount(shared, unix.MNT_DETACH)
-			os.Remove(shared)
-		}
-	}()
+	defer undo(&retErr, func() {
+		unix.Unmount(shared, unix.MNT_DETACH)
+		os.Remove(shared)
+	})
 	if err := unix.Mount(shared, shared, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind shared directory: %w", err)
 	}
@@ -70,11 +68,9 @@ func shareMounts(shared, userns, ctrID string, ms []*runtime.Mount) (_ [][]specs
 		return nil, fmt.Errorf("%w: the pod has no shared directory", ErrUnsupported)
 	}
 	prefix := ctrID[:16] + "-"
-	defer func() {
-		if retErr != nil {
-			unshareMounts(shared, prefix)
-		}
-	}()
+	defer undo(&retErr, func() {
+		unshareMounts(shared, prefix)
+	})
 	root, err := unix.Open(shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open shared directory: %w", err)

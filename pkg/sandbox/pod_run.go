@@ -125,11 +125,11 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		return nil, err
 	}
 	kept := false // a failed start whose teardown failed keeps its record
-	defer func() {
-		if retErr != nil && !kept {
+	defer undo(&retErr, func() {
+		if !kept {
 			m.releaseName(p.name(), id)
 		}
-	}()
+	})
 	if err := m.podStarts.enter(ctx); err != nil {
 		return nil, err
 	}
@@ -171,10 +171,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		v      vm.VM
 		client *agent.Client
 	)
-	defer func() {
-		if retErr == nil {
-			return
-		}
+	defer undo(&retErr, func() {
 		if v != nil {
 			client.Close()
 			v.Kill()
@@ -204,7 +201,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		}
 		os.RemoveAll(p.dir())
 		removeShared(vc.SharedDir)
-	}()
+	})
 	if err := failpoint.Hit("run-pod:before-network"); err != nil {
 		return nil, err
 	}

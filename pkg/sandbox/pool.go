@@ -203,11 +203,9 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 	if err := m.db.put(poolBucket, id, w); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			pl.discard(w)
-		}
-	}()
+	defer undo(&retErr, func() {
+		pl.discard(w)
+	})
 	tap, err := cni.NewTap(w.Tap)
 	if err != nil {
 		return nil, err

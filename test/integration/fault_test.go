@@ -264,3 +264,52 @@ func TestCRIImageAfterRestart(t *testing.T) {
 		t.Errorf("exec in the first container after the second image was attached: %v %+v", err, r)
 	}
 }
+
+// TestCRIPanicUndone makes RunPodSandbox and CreateContainer panic halfway
+// (a failpoint): the call fails, the daemon goes on serving, and what the
+// call had made (VM, netns, tap, shared mounts, records) is undone.
+func TestCRIPanicUndone(t *testing.T) {
+	d := startCRI(t)
+	ctx := testCtx(t, 5*time.Minute)
+	d.pull(ctx)
+	before := d.hostState(t)
+	restart := func(points string) {
+		t.Helper()
+		d.stop(syscall.SIGTERM)
+		d.env = nil
+		if points != "" {
+			d.env = []string{failpoint.EnvVar + "=" + points}
+		}
+		d.start()
+	}
+	restart("run-pod:before-setup=panic")
+	if _, err := d.rs.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig("panic")}); err == nil ||
+		!strings.Contains(err.Error(), "internal error: failpoint run-pod:before-setup") {
+		t.Fatalf("RunPodSandbox that panics = %v", err)
+	}
+	if pods, err := d.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {
+		t.Fatalf("after a panicking RunPodSandbox: %v pods, %v", len(pods.GetItems()), err)
+	}
+	if left := d.hostState(t).leftSince(before); len(left) > 0 {
+		t.Fatalf("a panicking RunPodSandbox left %v", left)
+	}
+
+	restart("create-container:before-guest=panic")
+	vol := filepath.Join(d.dir, "panic-vol")
+	os.MkdirAll(vol, 0o755)
+	pod := d.runPod(ctx, podConfig("panic"))
+	ctr := ctrConfig("c", "sleep", "3600")
+	ctr.Mounts = []*runtimeapi.Mount{{ContainerPath: "/v", HostPath: vol}}
+	if _, err := d.rs.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: ctr, SandboxConfig: podConfig("panic")}); err == nil ||
+		!strings.Contains(err.Error(), "internal error") {
+		t.Fatalf("CreateContainer that panics = %v", err)
+	}
+	if ctrs, err := d.rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{}); err != nil || len(ctrs.Containers) != 0 {
+		t.Fatalf("after a panicking CreateContainer: %v containers, %v", len(ctrs.GetContainers()), err)
+	}
+	// Its name and volume share were released: the same container starts
+	// once nothing panics.
+	restart("")
+	d.createStart(ctx, pod, podConfig("panic"), ctr)
+	d.removeAllClean(ctx, before)
+}
