@@ -8,13 +8,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
-	restclient "k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/remotecommand"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -65,16 +63,8 @@ func (c *cli) execStream(ctx context.Context, id string, cmd []string, in io.Rea
 	if err != nil {
 		return err
 	}
-	u, err := url.Parse(r.Url)
-	if err != nil {
-		return err
-	}
-	ex, err := remotecommand.NewSPDYExecutor(&restclient.Config{}, "POST", u)
-	if err != nil {
-		return err
-	}
 	var stderr bytes.Buffer
-	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: in, Stdout: out, Stderr: &stderr})
+	err = spdyStream(ctx, r.Url, remotecommand.StreamOptions{Stdin: in, Stdout: out, Stderr: &stderr})
 	if err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			return fmt.Errorf("%s: %w", msg, err)
@@ -216,7 +206,8 @@ func mkdirs(root *os.Root, dir string) error {
 
 func (c *cli) copyIn(ctx context.Context, id, src, dst string) error {
 	dst = path.Clean("/" + dst)
-	fi, err := os.Lstat(src)
+	// A missing source fails here, before anything runs in the container.
+	_, err := os.Lstat(src)
 	if err != nil {
 		return fmt.Errorf("cp: %w", err)
 	}
@@ -228,7 +219,7 @@ func (c *cli) copyIn(ctx context.Context, id, src, dst string) error {
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		err := tarTree(pw, src, fi, name)
+		err := tarTree(pw, src, name)
 		pw.CloseWithError(err)
 		errc <- err
 	}()
@@ -253,7 +244,7 @@ func (c *cli) isDir(ctx context.Context, id, p string) bool {
 
 // tarTree writes src (file, directory or symlink, not followed) to w as
 // name, owned by root.
-func tarTree(w io.Writer, src string, top fs.FileInfo, name string) error {
+func tarTree(w io.Writer, src, name string) error {
 	tw := tar.NewWriter(w)
 	add := func(p string, fi fs.FileInfo, rel string) error {
 		link := ""
@@ -287,12 +278,7 @@ func tarTree(w io.Writer, src string, top fs.FileInfo, name string) error {
 		}
 		return nil
 	}
-	if !top.IsDir() {
-		if err := add(src, top, name); err != nil {
-			return err
-		}
-		return tw.Close()
-	}
+	// Walk takes a file or symlink at src as itself, unfollowed.
 	err := filepath.Walk(src, func(p string, fi fs.FileInfo, err error) error {
 		if err != nil {
 			return err

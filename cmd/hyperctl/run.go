@@ -216,15 +216,8 @@ func (c *cli) attach(ctx context.Context, id string, stdin, tty bool) error {
 	return stream(ctx, r.Url, stdin, tty)
 }
 
+// stream connects this terminal to a CRI streaming URL.
 func stream(ctx context.Context, rawURL string, stdin, tty bool) error {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return err
-	}
-	ex, err := remotecommand.NewSPDYExecutor(&restclient.Config{}, "POST", u)
-	if err != nil {
-		return err
-	}
 	opts := remotecommand.StreamOptions{Stdout: os.Stdout, Tty: tty}
 	if !tty {
 		opts.Stderr = os.Stderr
@@ -240,6 +233,19 @@ func stream(ctx context.Context, rawURL string, stdin, tty bool) error {
 		if w, h, err := term.GetSize(int(os.Stdin.Fd())); err == nil {
 			opts.TerminalSizeQueue = &oneSize{size: remotecommand.TerminalSize{Width: uint16(w), Height: uint16(h)}}
 		}
+	}
+	return spdyStream(ctx, rawURL, opts)
+}
+
+// spdyStream runs a CRI streaming URL (exec, attach) with opts.
+func spdyStream(ctx context.Context, rawURL string, opts remotecommand.StreamOptions) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return err
+	}
+	ex, err := remotecommand.NewSPDYExecutor(&restclient.Config{}, "POST", u)
+	if err != nil {
+		return err
 	}
 	return ex.StreamWithContext(ctx, opts)
 }

@@ -16,13 +16,12 @@ import (
 )
 
 // usage prints the daemon's usage record: each pod VM's life by the second.
-func (c *cli) usage(ctx context.Context, sinceArg, formatArg string) error {
-	since, format := &sinceArg, &formatArg
-	if *format != "table" && *format != "json" && *format != "csv" {
-		return fmt.Errorf("--format %q: table, json or csv", *format)
+func (c *cli) usage(ctx context.Context, since, format string) error {
+	if format != "table" && format != "json" && format != "csv" {
+		return fmt.Errorf("--format %q: table, json or csv", format)
 	}
 	var rep usage.Report
-	if err := c.adminDo(ctx, http.MethodGet, "/usage?since="+url.QueryEscape(*since), &rep); err != nil {
+	if err := c.adminDo(ctx, http.MethodGet, "/usage?since="+url.QueryEscape(since), &rep); err != nil {
 		return fmt.Errorf("usage: %w", err)
 	}
 	type row struct {
@@ -42,7 +41,7 @@ func (c *cli) usage(ctx context.Context, sinceArg, formatArg string) error {
 		return r.End.Format(time.RFC3339)
 	}
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) }
-	switch *format {
+	switch format {
 	case "json":
 		e := json.NewEncoder(os.Stdout)
 		e.SetIndent("", "  ")

@@ -443,22 +443,7 @@ func readSpec(dir string) (*specs.Spec, error) {
 
 // oomKilled reads the oom_kill counter of a cgroup's memory.events.
 func oomKilled(cgroup string) bool {
-	return cgroupKey(filepath.Join(cgroup, "memory.events"), "oom_kill") > 0
-}
-
-// cgroupKey reads "key value" from a flat-keyed cgroup file.
-func cgroupKey(file, key string) uint64 {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+" "); ok {
-			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
-	return 0
+	return flatKeyed(filepath.Join(cgroup, "memory.events"))["oom_kill"] > 0
 }
 
 func readPID(file string) (int, error) {

@@ -168,7 +168,8 @@ type VMStatus struct {
 func (m *Manager) VMStatus() VMStatus {
 	st := VMStatus{Pool: m.pool.status(), PodStarts: m.podStarts.status(), ContainerStarts: m.ctrStarts.status()}
 	if ts := m.cfg.Templates; ts != nil {
-		st.Templates, st.TemplateBytes = ts.Templates(), ts.ResidentBytes()
+		st.Templates = ts.Templates()
+		st.TemplateBytes = template.ResidentBytes(st.Templates)
 		st.TemplateBuilds, st.TemplateBuildFailures = ts.Builds()
 	}
 	return st

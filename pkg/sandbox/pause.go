@@ -127,15 +127,3 @@ func (p *Pod) setPaused(v bool) error {
 	p.rec.Paused = v
 	return p.persist()
 }
-
-// AttachedImages lists the IDs of the images whose disks are attached to
-// the pod's VM.
-func (p *Pod) AttachedImages() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	ids := make([]string, 0, len(p.rec.Images))
-	for id := range p.rec.Images {
-		ids = append(ids, id)
-	}
-	return ids
-}

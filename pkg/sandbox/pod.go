@@ -79,6 +79,18 @@ func (p *Pod) Boot() string {
 	return p.rec.Boot
 }
 
+// AttachedImages lists the IDs of the images whose disks are attached to
+// the pod's VM.
+func (p *Pod) AttachedImages() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := make([]string, 0, len(p.rec.Images))
+	for id := range p.rec.Images {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // VMPID is the pid of the pod's hypervisor process, 0 when stopped.
 func (p *Pod) VMPID() int {
 	p.mu.Lock()

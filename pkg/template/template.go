@@ -553,9 +553,9 @@ func (s *Store) Templates() []*Template {
 }
 
 // ResidentBytes is how much of the templates' RAM files is in memory.
-func (s *Store) ResidentBytes() int64 {
+func ResidentBytes(ts []*Template) int64 {
 	var n int64
-	for _, t := range s.Templates() {
+	for _, t := range ts {
 		if st, err := os.Stat(t.Memory); err == nil {
 			n += blocks(st)
 		}
