@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,10 +54,15 @@ func TestPullProgress(t *testing.T) {
 		want += n
 	}
 
-	// A proxy holds the big layer's download halfway until released.
+	// A proxy holds the big layer's download halfway until released. It
+	// flushes every write: the server's write buffer would otherwise keep the
+	// tail of the first half back (by how much depends on the layer's size).
 	release := make(chan struct{})
+	var once sync.Once
+	unhold := func() { once.Do(func() { close(release) }) }
 	target, _ := url.Parse("http://" + r.Host)
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.FlushInterval = -1
 	proxy.ModifyResponse = func(resp *http.Response) error {
 		if resp.Request.Method == http.MethodGet && strings.HasSuffix(resp.Request.URL.Path, "/blobs/"+ld.String()) {
 			resp.Body = &heldBody{ReadCloser: resp.Body, n: size / 2, release: release}
@@ -65,6 +71,8 @@ func TestPullProgress(t *testing.T) {
 	}
 	srv := httptest.NewServer(proxy)
 	defer srv.Close()
+	// A failure releases the hold before srv.Close, which waits for the pull.
+	defer unhold()
 	s := newService(t, config.Registry{Mirrors: map[string]config.Mirror{"registry.test": {Endpoints: []string{srv.URL}}}})
 
 	done := make(chan error, 1)
@@ -88,7 +96,7 @@ func TestPullProgress(t *testing.T) {
 		got.BytesDone >= got.Bytes || got.LayersDone >= got.Layers || got.Started.IsZero() {
 		t.Errorf("progress halfway = %+v; want %d layers, %d bytes, not done", got, len(layers), want)
 	}
-	close(release)
+	unhold()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
