@@ -153,6 +153,9 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	defer undo(&retErr, func() {
 		unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
 	})
+	if propagates(volumes) {
+		pod.relayMounts()
+	}
 	spec.Mounts = placeVolumes(spec.Mounts, at, mounts)
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err

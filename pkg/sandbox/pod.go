@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/hyperlet/hyperlet/pkg/agent"
+	"github.com/hyperlet/hyperlet/pkg/propagate"
 	"github.com/hyperlet/hyperlet/pkg/vm"
 )
 
@@ -50,6 +51,9 @@ type Pod struct {
 	// hooksStopped is set once the NRI plugins were told the pod stopped
 	// (or it was restored stopped).
 	hooksStopped bool
+	// relay carries host mounts into the VM, once a container has a
+	// propagating volume.
+	relay *propagate.Relay
 }
 
 // ID is the pod's ID.

@@ -93,6 +93,7 @@ func (p *Pod) stopVM(ctx context.Context) {
 	if v == nil {
 		return
 	}
+	p.stopRelay()
 	if client != nil {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		if err := client.Shutdown(sctx); err == nil {

@@ -168,6 +168,9 @@ func (m *Manager) restoreContainer(ctx context.Context, p *Pod, r *containerReco
 		return nil, fmt.Errorf("decode container config: %w", err)
 	}
 	c := newContainer(m, p, cfg, *r)
+	if propagates(cfg.Mounts) {
+		p.relayMounts()
+	}
 	client, clientErr := p.client()
 	switch r.Intent {
 	case IntentCreate:

@@ -664,6 +664,24 @@ func TestCRIVolumes(t *testing.T) {
 	t.Cleanup(func() { syscall.Unmount(inner, syscall.MNT_DETACH) })
 	hostsFile := filepath.Join(host, "etc-hosts")
 	os.WriteFile(hostsFile, []byte("10.1.2.3 kubelet-managed\n"), 0o644)
+	// Propagating volumes, shared mounts on the host as kubelet makes
+	// them, and a root-only directory to mount in them later.
+	flags := filepath.Join(host, "flags")
+	os.Mkdir(flags, 0o700)
+	os.WriteFile(filepath.Join(flags, "flagFile"), nil, 0o600)
+	propagating := map[runtimeapi.MountPropagation]string{}
+	for _, p := range []runtimeapi.MountPropagation{runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER, runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL} {
+		dir := filepath.Join(host, p.String())
+		os.MkdirAll(filepath.Join(dir, "mnt"), 0o700)
+		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+		if err := syscall.Mount("", dir, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+			t.Fatal(err)
+		}
+		propagating[p] = dir
+	}
 
 	podCfg := podConfig("volumes")
 	pod := d.runPod(ctx, podCfg)
@@ -675,7 +693,35 @@ func TestCRIVolumes(t *testing.T) {
 		{ContainerPath: "/data/new", HostPath: filepath.Join(host, "created", "by", "runtime")},
 		{ContainerPath: "/data/rro", HostPath: ro, Readonly: true, RecursiveReadOnly: true},
 	}
+	for p, dir := range propagating {
+		cfg.Mounts = append(cfg.Mounts, &runtimeapi.Mount{ContainerPath: "/prop/" + p.String(), HostPath: dir, Propagation: p})
+	}
 	cid := d.createStart(ctx, pod, podCfg, cfg)
+
+	// A mount the host makes in a propagating volume reaches the
+	// container with its owners (root's 0700 directory is readable), and
+	// goes when the host unmounts it; the host can remove its mount point
+	// meanwhile.
+	for p, dir := range propagating {
+		point := filepath.Join(dir, "mnt")
+		if err := syscall.Mount(flags, point, "", syscall.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		r, err := d.exec(ctx, cid, 0, "ls", "-A", "/prop/"+p.String()+"/mnt")
+		if err != nil || r.ExitCode != 0 || strings.TrimSpace(string(r.Stdout)) != "flagFile" {
+			t.Errorf("%v volume after a host mount: %v %v stdout %q stderr %q", p, r, err, r.GetStdout(), r.GetStderr())
+		}
+		if err := syscall.Unmount(point, syscall.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(point); err != nil {
+			t.Errorf("%v volume: remove the host's mount point after unmounting it: %v", p, err)
+		}
+		r, err = d.exec(ctx, cid, 0, "ls", "-A", "/prop/"+p.String())
+		if err != nil || r.ExitCode != 0 || len(r.Stdout) != 0 {
+			t.Errorf("%v volume after the host's unmount and removal: %v %v stdout %q stderr %q", p, r, err, r.GetStdout(), r.GetStderr())
+		}
+	}
 
 	r, err := d.exec(ctx, cid, 0, "sh", "-c", "echo written > /data/rw/out && cat /data/ro/data /etc/hosts && ls -d /data/new")
 	if err != nil || r.ExitCode != 0 {
