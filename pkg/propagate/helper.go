@@ -2,13 +2,16 @@ package propagate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,11 +22,12 @@ import (
 // without moving every thread's view of the filesystem.
 const helperName = "hyperlet-propagate"
 
-// Descriptors the helper gets: the jail's mount namespace and the VM's
-// user namespace (the idmapping).
+// The helper gets the jail's mount namespace on fd 3 and the clones to
+// attach, detached mount trees the daemon made from the host's copies, on
+// the fds after it (attach op i on firstTreeFD+i); the request on stdin.
 const (
-	mountNSFD = 3
-	userNSFD  = 4
+	mountNSFD   = 3
+	firstTreeFD = 4
 )
 
 type request struct {
@@ -40,22 +44,24 @@ type result struct {
 }
 
 func init() {
-	if len(os.Args) != 2 || os.Args[0] != helperName {
+	if len(os.Args) != 1 || os.Args[0] != helperName {
 		return
 	}
 	// All of it happens on this thread: setns applies to it alone.
 	runtime.LockOSThread()
 	var req request
-	if err := json.Unmarshal([]byte(os.Args[1]), &req); err != nil {
+	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", helperName, err)
 		os.Exit(127)
 	}
 	failed, err := serve(req)
+	if err == nil {
+		err = json.NewEncoder(os.Stdout).Encode(failed)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", helperName, err)
 		os.Exit(1)
 	}
-	json.NewEncoder(os.Stdout).Encode(failed)
 	os.Exit(0)
 }
 
@@ -74,19 +80,25 @@ func serve(req request) ([]result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the jail's shared directory: %w", err)
 	}
+	// A path gone or moved meanwhile is not a failure: the next change
+	// of the mount table brings another sync.
 	var failed []result
-	for _, o := range req.Attach {
-		if err := attach(share, o); err != nil {
+	report := func(o op, err error) {
+		if err != nil && !errors.Is(err, errMoved) && !errors.Is(err, unix.ENOENT) {
 			failed = append(failed, result{o, err.Error()})
 		}
 	}
+	for i, o := range req.Attach {
+		report(o, attach(share, o, firstTreeFD+i))
+	}
 	for _, o := range req.Detach {
-		if err := detach(share, o); err != nil {
-			failed = append(failed, result{o, err.Error()})
-		}
+		report(o, detach(share, o))
 	}
 	return failed, nil
 }
+
+// errMoved is a path that no longer leads to the mount it led to.
+var errMoved = errors.New("the path changed")
 
 // openMount opens path below the shared directory without following
 // symlinks (the guest writes in the volumes) and checks that it is the root
@@ -104,29 +116,21 @@ func openMount(share int, path string, id int) (int, error) {
 		unix.Close(fd)
 		return -1, err
 	}
-	if st.Mnt_id != uint64(id) || st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0 {
+	notRoot := st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0
+	if st.Mnt_id != uint64(id) || notRoot {
 		unix.Close(fd)
-		return -1, fmt.Errorf("%s is not mount %d (the path changed)", path, id)
+		return -1, fmt.Errorf("%s is not mount %d: %w", path, id, errMoved)
 	}
 	return fd, nil
 }
 
-// attach stacks an idmapped clone of mount o on top of it.
-func attach(share int, o op) error {
+// attach stacks the clone on fd tree on top of the jail's mount o.
+func attach(share int, o op, tree int) error {
 	at, err := openMount(share, o.Path, o.ID)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(at)
-	tree, err := unix.OpenTree(at, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
-	if err != nil {
-		return fmt.Errorf("clone: %w", err)
-	}
-	defer unix.Close(tree)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: userNSFD}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
-		return fmt.Errorf("idmap: %w", err)
-	}
 	if err := unix.MoveMount(tree, "", at, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
@@ -162,26 +166,24 @@ func detach(share int, o op) error {
 	return nil
 }
 
-// run starts the helper for the jail of process pid.
-func run(pid int, req request) ([]result, error) {
+// helperTimeout bounds one run of the helper (a hung filesystem under a
+// volume must not hold the pod's execs and stop forever).
+const helperTimeout = 10 * time.Second
+
+// run starts the helper in the jail whose mount namespace is mntNS, with
+// the trees to attach (one per attach op).
+func run(ctx context.Context, mntNS *os.File, req request, trees []*os.File) ([]result, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	var files []*os.File
-	for _, ns := range []string{"mnt", "user"} {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
-		if err != nil {
-			return nil, fmt.Errorf("open the VM's %s namespace: %w", ns, err)
-		}
-		defer f.Close()
-		files = append(files, f)
-	}
+	ctx, cancel := context.WithTimeout(ctx, helperTimeout)
+	defer cancel()
 	var stdout, stderr bytes.Buffer
-	cmd := &exec.Cmd{
-		Path: "/proc/self/exe", Args: []string{helperName, string(b)},
-		ExtraFiles: files, Stdout: &stdout, Stderr: &stderr,
-	}
+	cmd := exec.CommandContext(ctx, "/proc/self/exe")
+	cmd.Args = []string{helperName}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &stdout, &stderr
+	cmd.ExtraFiles = append([]*os.File{mntNS}, trees...)
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("mount propagation helper: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}

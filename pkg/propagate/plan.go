@@ -19,18 +19,26 @@
 package propagate
 
 import (
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
 )
 
-// op is one mount in the jail to relay (attach an idmapped clone on top
-// of it) or to detach (a relayed clone whose host mount is gone). Path is
-// relative to the jail's shared directory.
+// op is one mount in the jail to relay (attach an idmapped clone of the
+// host's copy on top of it) or to detach (a relayed clone whose host mount
+// is gone or was replaced). Path is relative to the shared directory, the
+// same on the host and in the jail.
 type op struct {
 	Path string `json:"path"`
-	ID   int    `json:"id"`
+	// ID is the jail's mount at Path.
+	ID int `json:"id"`
+	// Host is the host's copy at Path to clone (attach only); src names
+	// its filesystem and root.
+	Host int    `json:"-"`
+	src  string `json:"-"`
 }
 
 // plan compares the host's mounts under the pod's shared directory with
@@ -106,21 +114,101 @@ func plan(shared string, host, jail []*mountinfo.Info) (req request) {
 		}
 		h := propagated[rel]
 		if !idmapped(j) {
-			if h != nil && j.Major == h.Major && j.Minor == h.Minor && j.Root == h.Root && fromHost(j, h) {
-				req.Attach = append(req.Attach, op{Path: rel, ID: j.ID})
+			if h != nil && same(j, h) && fromHost(j, h) {
+				req.Attach = append(req.Attach, op{Path: rel, ID: j.ID, Host: h.ID, src: src(h)})
 			}
 			continue
 		}
 		// An idmapped mount: a relayed clone on the copy it covers, one
-		// left when the copy under it was unmounted, or a submount the
-		// volume had when cloned.
+		// left when the copy under it was unmounted or replaced, part of
+		// a relayed clone (the host's submounts it was cloned with), or a
+		// submount the volume had when cloned.
 		p := byID[j.Parent]
 		onCopy := p != nil && p.Mountpoint == j.Mountpoint && !idmapped(p)
-		if onCopy && h == nil || !onCopy && !hostIdmapped[rel] {
+		switch {
+		case onCopy:
+			if h == nil || !same(j, h) || !same(p, h) || !fromHost(p, h) || outdated(rel, j, propagated, jail, byID, inside) {
+				req.Detach = append(req.Detach, op{Path: rel, ID: j.ID})
+			}
+		case inClone(j, byID, inside):
+		case !hostIdmapped[rel]:
 			req.Detach = append(req.Detach, op{Path: rel, ID: j.ID})
 		}
 	}
+	all := slices.Clone(req.Attach)
+	req.Attach = slices.DeleteFunc(req.Attach, func(o op) bool { return underAttach(all, o.Path) })
 	return req
+}
+
+// same says whether two mounts show the same directory of one filesystem.
+func same(a, b *mountinfo.Info) bool {
+	return a.Major == b.Major && a.Minor == b.Minor && a.Root == b.Root
+}
+
+func src(m *mountinfo.Info) string { return fmt.Sprintf("%d:%d:%s", m.Major, m.Minor, m.Root) }
+
+// underAttach says whether rel is below a path already being attached
+// (whose clone carries the host's submounts with it).
+func underAttach(attach []op, rel string) bool {
+	for _, o := range attach {
+		if _, ok := below(o.Path, rel); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// outdated says whether the relayed clone c at rel lacks a submount the
+// host has there now, or holds one the host no longer has (a clone does
+// not follow the host's later submounts; a new one is made).
+func outdated(rel string, c *mountinfo.Info, propagated map[string]*mountinfo.Info, jail []*mountinfo.Info, byID map[int]*mountinfo.Info, inside string) bool {
+	parts := map[string]bool{}
+	for _, j := range jail {
+		if sub, ok := below(inside, j.Mountpoint); ok && idmapped(j) && under(j, c.ID, byID) {
+			parts[sub] = true
+		}
+	}
+	for sub := range propagated {
+		if _, ok := below(rel, sub); ok && !parts[sub] {
+			return true
+		}
+	}
+	for sub := range parts {
+		if propagated[sub] == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// under says whether mount j hangs (at any depth) below mount id.
+func under(j *mountinfo.Info, id int, byID map[int]*mountinfo.Info) bool {
+	for depth := 0; depth < 64 && j != nil; depth++ {
+		if j.Parent == id {
+			return true
+		}
+		j = byID[j.Parent]
+	}
+	return false
+}
+
+// inClone says whether mount j hangs below a relayed clone (an idmapped
+// mount stacked on a copy), as the host submounts cloned with it do.
+func inClone(j *mountinfo.Info, byID map[int]*mountinfo.Info, inside string) bool {
+	for depth := 0; depth < 64; depth++ {
+		p := byID[j.Parent]
+		if p == nil || p.Mountpoint == inside {
+			return false
+		}
+		if _, ok := below(inside, p.Mountpoint); !ok {
+			return false
+		}
+		if pp := byID[p.Parent]; idmapped(p) && pp != nil && pp.Mountpoint == p.Mountpoint && !idmapped(pp) {
+			return true
+		}
+		j = p
+	}
+	return false
 }
 
 // below gives p relative to dir, if p is strictly below it.

@@ -1,11 +1,13 @@
 package propagate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/moby/sys/mountinfo"
@@ -19,41 +21,106 @@ type Relay struct {
 	pid    int
 	shared string
 
-	mu sync.Mutex // serialises Sync
-	// failed are jail mounts (by ID and path) that could not be relayed:
-	// they are not tried again.
-	failed map[op]bool
-
-	stop int // eventfd that ends the watch
-	done chan struct{}
+	// mu serialises Sync and guards the descriptors, taken once at Start
+	// (never looked up by pid again, which a dead VM's successor could
+	// reuse): the VM process, its mount and user namespaces, its
+	// mountinfo (polled and read).
+	mu               sync.Mutex
+	closed           bool
+	pidFD, mountInfo int
+	mountNS, userNS  *os.File
+	failed           map[op]bool // not tried again while they last
+	stop             int         // eventfd that ends the watch
+	done             chan struct{}
+	closeOnce        sync.Once
 }
 
 // Start relays for the jail of process pid, whose shared directory is
 // shared on the host: on every change of the jail's mount table until
-// Close, and on Sync.
-func Start(pid int, shared string) (*Relay, error) {
-	mi, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		return nil, fmt.Errorf("watch the VM's mounts: %w", err)
+// Close or the process's exit, and on Sync.
+func Start(pid int, shared string) (_ *Relay, retErr error) {
+	r := &Relay{pid: pid, shared: filepath.Clean(shared), pidFD: -1, mountInfo: -1, stop: -1,
+		failed: map[op]bool{}, done: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			r.release()
+		}
+	}()
+	var err error
+	if r.pidFD, err = unix.PidfdOpen(pid, 0); err != nil {
+		return nil, fmt.Errorf("pidfd of the VM: %w", err)
 	}
-	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		mi.Close()
+	if r.mountNS, err = os.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err != nil {
+		return nil, fmt.Errorf("VM mount namespace: %w", err)
+	}
+	if r.userNS, err = os.Open(fmt.Sprintf("/proc/%d/ns/user", pid)); err != nil {
+		return nil, fmt.Errorf("VM user namespace: %w", err)
+	}
+	// A raw descriptor: one that os.Open registers with Go's poller would
+	// (and so consume) the change events first.
+	if r.mountInfo, err = unix.Open(fmt.Sprintf("/proc/%d/mountinfo", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("VM mount table: %w", err)
+	}
+	// Still the process the pidfd names, so the namespaces are its own.
+	if err := unix.PidfdSendSignal(r.pidFD, 0, nil, 0); err != nil {
+		return nil, fmt.Errorf("VM process: %w", err)
+	}
+	if err := checkNamespaces(r.mountNS, r.userNS); err != nil {
+		return nil, err
+	}
+	if r.stop, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	r := &Relay{pid: pid, shared: filepath.Clean(shared), failed: map[op]bool{}, stop: stop, done: make(chan struct{})}
-	go r.watch(mi)
+	go r.watch()
 	return r, nil
 }
 
+// checkNamespaces makes sure the mount namespace belongs to the user
+// namespace whose idmapping the clones get, and that this one is a child of
+// the daemon's: a VM that made namespaces of its own (where it would have
+// the privileges over mounts the relay relies on it not having) is refused.
+func checkNamespaces(mountNS, userNS *os.File) error {
+	owner, err := unix.IoctlRetInt(int(mountNS.Fd()), unix.NS_GET_USERNS)
+	if err != nil {
+		return fmt.Errorf("owner of the VM mount namespace: %w", err)
+	}
+	defer unix.Close(owner)
+	parent, err := unix.IoctlRetInt(int(userNS.Fd()), unix.NS_GET_PARENT)
+	if err != nil {
+		return fmt.Errorf("parent of the VM user namespace: %w", err)
+	}
+	defer unix.Close(parent)
+	var o, u, p, self unix.Stat_t
+	if err := errors.Join(unix.Fstat(owner, &o), unix.Fstat(int(userNS.Fd()), &u), unix.Fstat(parent, &p), unix.Stat("/proc/self/ns/user", &self)); err != nil {
+		return err
+	}
+	if o.Dev != u.Dev || o.Ino != u.Ino {
+		return errors.New("the VM's mount namespace is not owned by its user namespace")
+	}
+	if p.Dev != self.Dev || p.Ino != self.Ino {
+		return errors.New("the VM's user namespace is not a child of the daemon's")
+	}
+	return nil
+}
+
 // watch syncs whenever the jail's mount table changes (mountinfo polls
-// with POLLPRI then).
-func (r *Relay) watch(mi *os.File) {
+// with POLLPRI then), until Close or the VM's exit.
+func (r *Relay) watch() {
 	defer close(r.done)
-	defer mi.Close()
-	fds := []unix.PollFd{{Fd: int32(mi.Fd()), Events: unix.POLLPRI}, {Fd: int32(r.stop), Events: unix.POLLIN}}
+	defer func() {
+		r.mu.Lock()
+		r.release()
+		r.mu.Unlock()
+	}()
+	fds := []unix.PollFd{
+		{Fd: int32(r.mountInfo), Events: unix.POLLPRI},
+		{Fd: int32(r.stop), Events: unix.POLLIN},
+		{Fd: int32(r.pidFD), Events: unix.POLLIN},
+	}
 	for {
-		fds[0].Revents, fds[1].Revents = 0, 0
+		for i := range fds {
+			fds[i].Revents = 0
+		}
 		if _, err := unix.Poll(fds, -1); err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -61,63 +128,182 @@ func (r *Relay) watch(mi *os.File) {
 			klog.ErrorS(err, "watch the VM's mounts", "pid", r.pid)
 			return
 		}
-		if fds[1].Revents != 0 {
+		if fds[1].Revents != 0 || fds[2].Revents != 0 {
 			return
 		}
 		if fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
-			if err := r.Sync(); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), helperTimeout)
+			if err := r.Sync(ctx); err != nil {
 				klog.ErrorS(err, "relay host mounts into the VM", "pid", r.pid)
 			}
+			cancel()
 		}
-		if fds[0].Revents&(unix.POLLHUP|unix.POLLNVAL) != 0 {
+		if fds[0].Revents&unix.POLLNVAL != 0 {
 			return
+		}
+	}
+}
+
+// release closes the descriptors (the caller holds mu, or nothing else
+// has the relay).
+func (r *Relay) release() {
+	r.closed = true
+	for _, fd := range []*int{&r.pidFD, &r.mountInfo} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	for _, f := range []**os.File{&r.mountNS, &r.userNS} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
 		}
 	}
 }
 
 // Sync relays the host's mounts made so far: when it returns, each is
 // visible to the VM with its owners, and clones of those gone are removed.
-func (r *Relay) Sync() error {
+func (r *Relay) Sync(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// An outdated clone is detached in one round and made again in the
+	// next.
+	for round := 0; round < 3 && !r.closed; round++ {
+		if done, err := r.syncOnce(ctx); done || err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncOnce does one round of Sync; done when nothing was left to do.
+func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 	host, err := mountinfo.GetMounts(mountinfo.PrefixFilter(r.shared))
 	if err != nil {
-		return fmt.Errorf("read host mounts: %w", err)
+		return false, fmt.Errorf("read host mounts: %w", err)
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", r.pid))
+	jail, err := r.readJail()
 	if err != nil {
-		return fmt.Errorf("read VM mounts: %w", err)
-	}
-	jail, err := mountinfo.GetMountsFromReader(f, nil)
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("read VM mounts: %w", err)
+		return false, fmt.Errorf("read VM mounts: %w", err)
 	}
 	req := plan(r.shared, host, jail)
-	known := func(o op) bool { return r.failed[o] }
-	req.Attach = slices.DeleteFunc(req.Attach, known)
-	req.Detach = slices.DeleteFunc(req.Detach, known)
-	if len(req.Attach)+len(req.Detach) == 0 {
-		return nil
+	// Failures last as long as the mount they failed on.
+	pending := map[op]bool{}
+	for _, o := range append(req.Attach, req.Detach...) {
+		if r.failed[o] {
+			pending[o] = true
+		}
 	}
-	failed, err := run(r.pid, req)
+	r.failed = pending
+	var attach []op
+	var trees []*os.File
+	defer func() {
+		for _, t := range trees {
+			t.Close()
+		}
+	}()
+	for _, o := range req.Attach {
+		if r.failed[o] {
+			continue
+		}
+		t, err := r.clone(o)
+		if errors.Is(err, errMoved) || errors.Is(err, unix.ENOENT) {
+			continue // gone or moved meanwhile: the next change says
+		}
+		if err != nil {
+			r.fail(o, err)
+			continue
+		}
+		attach, trees = append(attach, o), append(trees, t)
+	}
+	req.Attach = attach
+	req.Detach = slices.DeleteFunc(req.Detach, func(o op) bool { return r.failed[o] })
+	if len(req.Attach)+len(req.Detach) == 0 {
+		return true, nil
+	}
+	failed, err := run(ctx, r.mountNS, req, trees)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, f := range failed {
-		// A filesystem without idmapped mounts, or a path the guest
-		// changed meanwhile: logged once, and the VM sees what the
-		// kernel propagated.
-		klog.InfoS("host mount not relayed into the VM", "pid", r.pid, "path", f.Path, "err", f.Err)
-		r.failed[f.op] = true
+		r.fail(f.op, errors.New(f.Err))
 	}
 	klog.V(2).InfoS("relayed host mounts into the VM", "pid", r.pid, "attached", len(req.Attach), "detached", len(req.Detach), "failed", len(failed))
-	return nil
+	return len(req.Detach) == 0, nil
+}
+
+// fail logs an op that could not be done, once while the mount lasts. A
+// filesystem without idmapped mounts, say: the VM sees what the kernel
+// propagated.
+func (r *Relay) fail(o op, err error) {
+	klog.InfoS("host mount not relayed into the VM", "pid", r.pid, "path", o.Path, "err", err)
+	r.failed[o] = true
+}
+
+// clone makes the idmapped clone of the host's copy at o.Path, a detached
+// mount tree. The path is under a volume, which the guest writes: it is
+// opened without symlinks, beneath the shared directory, and must be the
+// root of the very mount the host's table lists (which only the host
+// fills).
+func (r *Relay) clone(o op) (*os.File, error) {
+	dir, err := unix.Open(r.shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dir)
+	at, err := openMount(dir, o.Path, o.Host)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(at)
+	tree, err := unix.OpenTree(at, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
+	if err != nil {
+		return nil, fmt.Errorf("clone: %w", err)
+	}
+	t := os.NewFile(uintptr(tree), "mount tree")
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(r.userNS.Fd())}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("idmap: %w", err)
+	}
+	// A slave: it receives the host's later submounts, and nothing
+	// mounted under it in the jail could ever reach the host.
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Propagation: unix.MS_SLAVE}); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("make slave: %w", err)
+	}
+	return t, nil
+}
+
+// readJail reads the jail's mount table through the descriptor taken at
+// Start.
+func (r *Relay) readJail() ([]*mountinfo.Info, error) {
+	if _, err := unix.Seek(r.mountInfo, 0, 0); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := unix.Read(r.mountInfo, buf)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			break
+		}
+		b.Write(buf[:n])
+	}
+	return mountinfo.GetMountsFromReader(strings.NewReader(b.String()), nil)
 }
 
 // Close ends the watch. The relayed mounts go with the jail.
 func (r *Relay) Close() {
-	unix.Write(r.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	<-r.done
-	unix.Close(r.stop)
+	r.closeOnce.Do(func() {
+		if _, err := unix.Write(r.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+			klog.ErrorS(err, "stop the mount relay", "pid", r.pid)
+		}
+		<-r.done
+		unix.Close(r.stop)
+	})
 }

@@ -1,6 +1,7 @@
 package propagate
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,7 +101,7 @@ func TestRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	if err := r.Sync(); err != nil {
+	if err := r.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// What the jail's root (host uid 200000) sees at the mount point.
@@ -122,7 +123,7 @@ func TestRelay(t *testing.T) {
 	if err == nil || !strings.Contains(out, "Permission denied") {
 		t.Fatalf("the jail read an unrelayed root-only mount: %q %v", out, err)
 	}
-	if err := r.Sync(); err != nil {
+	if err := r.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := ls(); err != nil || out != "flagFile" {
@@ -137,6 +138,43 @@ func TestRelay(t *testing.T) {
 		}
 	}
 
+	// The host unmounts but keeps the directory: the clone goes.
+	if err := unix.Unmount(point, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ls(); err != nil || out != "" {
+		t.Fatalf("after the host's unmount the jail sees %q %v; want the empty directory", out, err)
+	}
+	if left := jailMounts(t, pid, inJail); len(left) != 0 {
+		t.Errorf("mounts left in the jail after the host's unmount: %+v", left[0])
+	}
+
+	// A host mount with a submount, made again: one clone carries both.
+	sub := filepath.Join(flags, "sub")
+	os.Mkdir(sub, 0o700)
+	mount(flags, point, unix.MS_BIND)
+	mount(flags, filepath.Join(point, "sub"), unix.MS_BIND)
+	if err := r.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-U", "-m", "ls", "-A", filepath.Join(inJail, "sub")).CombinedOutput(); err != nil || !strings.Contains(string(out), "flagFile") {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+		t.Errorf("submount of a relayed mount in the jail: %q %v\n%s", out, err, b)
+	}
+	if err := r.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	failed := len(r.failed)
+	r.mu.Unlock()
+	if failed != 0 {
+		t.Errorf("%d ops failed on a second sync", failed)
+	}
+	unix.Unmount(filepath.Join(point, "sub"), unix.MNT_DETACH)
+
 	// The host unmounts and removes its mount point (critest's cleanup):
 	// nothing pins it, and the clone goes.
 	if err := unix.Unmount(point, unix.MNT_DETACH); err != nil {
@@ -145,13 +183,10 @@ func TestRelay(t *testing.T) {
 	if err := os.Remove(point); err != nil {
 		t.Errorf("remove the host's mount point while relayed: %v", err)
 	}
-	if err := r.Sync(); err != nil {
+	if err := r.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	f, _ := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	left, _ := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(inJail))
-	f.Close()
-	if len(left) != 0 {
+	if left := jailMounts(t, pid, inJail); len(left) != 0 {
 		t.Errorf("mounts left in the jail after the host's unmount: %+v", left[0])
 	}
 	if out, err := ls(); err == nil && strings.Contains(out, "flagFile") {
@@ -164,10 +199,24 @@ func TestRelay(t *testing.T) {
 	defer unix.Unmount(point, unix.MNT_DETACH)
 	var last string
 	for i := 0; i < 100; i++ {
-		if last, err = ls(); err == nil && last == "flagFile" {
+		if last, err = ls(); err == nil && strings.HasPrefix(last, "flagFile") {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Errorf("the watch did not relay a new host mount: %q %v", last, err)
+}
+
+func jailMounts(t *testing.T, pid int, under string) []*mountinfo.Info {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ms, err := mountinfo.GetMountsFromReader(f, mountinfo.PrefixFilter(under))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
 }

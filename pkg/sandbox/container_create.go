@@ -154,7 +154,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		unshareMounts(pod.rec.VM.SharedDir, id[:16]+"-")
 	})
 	if propagates(volumes) {
-		pod.relayMounts()
+		pod.relayMounts(ctx)
 	}
 	spec.Mounts = placeVolumes(spec.Mounts, at, mounts)
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {

@@ -30,6 +30,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	}
 	logPath := c.rec.LogPath
 	c.mu.Unlock()
+	c.pod.syncMounts(ctx)
 	var log *crilog.File
 	if logPath != "" {
 		if log, err = crilog.Open(logPath); err != nil {

@@ -66,7 +66,7 @@ func (m *Manager) startExec(ctx context.Context, id string, cmd []string, tty, s
 	if err != nil {
 		return nil, err
 	}
-	c.pod.syncMounts()
+	c.pod.syncMounts(ctx)
 	// A guest that stopped answering must not hold the caller forever.
 	ctx, cancel := context.WithTimeout(ctx, execStartTimeout)
 	defer cancel()

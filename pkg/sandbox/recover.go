@@ -169,7 +169,7 @@ func (m *Manager) restoreContainer(ctx context.Context, p *Pod, r *containerReco
 	}
 	c := newContainer(m, p, cfg, *r)
 	if propagates(cfg.Mounts) {
-		p.relayMounts()
+		p.relayMounts(ctx)
 	}
 	client, clientErr := p.client()
 	switch r.Intent {

@@ -584,10 +584,28 @@ func TestCRIDaemonRestart(t *testing.T) {
 	pod := d.runPod(ctx, podCfg)
 	longCfg := ctrConfig("long", "sh", "-c", "echo first; read x; echo second $x; sleep 1000")
 	longCfg.Stdin = true
+	// A propagating volume: the host mounts a root-only directory in it
+	// while the daemon is down.
+	prop, flags := filepath.Join(t.TempDir(), "prop"), t.TempDir()
+	os.MkdirAll(filepath.Join(prop, "mnt"), 0o700)
+	os.Chmod(flags, 0o700)
+	os.WriteFile(filepath.Join(flags, "flagFile"), nil, 0o600)
+	if err := syscall.Mount(prop, prop, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(prop, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", prop, "", syscall.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	longCfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/prop", HostPath: prop, Propagation: runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER}}
 	long := d.createStart(ctx, pod, podCfg, longCfg)
 	short := d.createStart(ctx, pod, podCfg, ctrConfig("short", "sh", "-c", "echo going; sleep 3; echo gone; exit 4"))
 
 	d.stop(syscall.SIGKILL)
+	if err := syscall.Mount(flags, filepath.Join(prop, "mnt"), "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(filepath.Join(prop, "mnt"), syscall.MNT_DETACH) })
 	time.Sleep(4 * time.Second) // short exits while nobody watches
 	d.start()
 
@@ -608,6 +626,9 @@ func TestCRIDaemonRestart(t *testing.T) {
 	}
 	if r, err := d.exec(ctx, long, 0, "echo", "still here"); err != nil || string(r.Stdout) != "still here\n" {
 		t.Errorf("exec after restart: %v %v", r, err)
+	}
+	if r, err := d.exec(ctx, long, 0, "ls", "-A", "/prop/mnt"); err != nil || string(r.Stdout) != "flagFile\n" {
+		t.Errorf("host mount made while the daemon was down, after restart: %v %v stderr %q", r, err, r.GetStderr())
 	}
 	// Attach to the container started before the restart: its stdin and
 	// output are still connected.
