@@ -22,13 +22,9 @@ import (
 // without moving every thread's view of the filesystem.
 const helperName = "hyperlet-propagate"
 
-// The helper gets the jail's mount namespace on fd 3 and the clones to
-// attach, detached mount trees the daemon made from the host's copies, on
-// the fds after it (attach op i on firstTreeFD+i); the request on stdin.
-const (
-	mountNSFD   = 3
-	firstTreeFD = 4
-)
+// The helper gets the jail's mount namespace on fd 3 and the request on
+// stdin.
+const mountNSFD = 3
 
 type request struct {
 	// Share is the jail's path of the pod's shared directory.
@@ -37,10 +33,11 @@ type request struct {
 	Detach []op   `json:"detach,omitempty"`
 }
 
-// result is an op that failed, and why.
+// result is an op that failed (by its index in the request), and why.
 type result struct {
-	op
-	Err string `json:"err"`
+	Detach bool   `json:"detach,omitempty"`
+	Index  int    `json:"index"`
+	Err    string `json:"err"`
 }
 
 func init() {
@@ -83,16 +80,16 @@ func serve(req request) ([]result, error) {
 	// A path gone or moved meanwhile is not a failure: the next change
 	// of the mount table brings another sync.
 	var failed []result
-	report := func(o op, err error) {
+	report := func(detach bool, i int, err error) {
 		if err != nil && !errors.Is(err, errMoved) && !errors.Is(err, unix.ENOENT) {
-			failed = append(failed, result{o, err.Error()})
+			failed = append(failed, result{Detach: detach, Index: i, Err: err.Error()})
 		}
 	}
 	for i, o := range req.Attach {
-		report(o, attach(share, o, firstTreeFD+i))
+		report(false, i, attach(share, o))
 	}
-	for _, o := range req.Detach {
-		report(o, detach(share, o))
+	for i, o := range req.Detach {
+		report(true, i, detach(share, o))
 	}
 	return failed, nil
 }
@@ -112,7 +109,7 @@ func openMount(share int, path string, id int) (int, error) {
 		return -1, err
 	}
 	var st unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &st); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
@@ -124,8 +121,27 @@ func openMount(share int, path string, id int) (int, error) {
 	return fd, nil
 }
 
-// attach stacks the clone on fd tree on top of the jail's mount o.
-func attach(share int, o op, tree int) error {
+// attach clones the staged mount o.Stage (the jail's copy of the clone the
+// daemon made: the kernel locked its flags and submounts on the way in, as
+// for every mount reaching a less privileged namespace) and stacks it on
+// top of the jail's mount o.
+func attach(share int, o op) error {
+	staged, err := unix.Openat2(share, o.Stage, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("staged clone: %w", err)
+	}
+	defer unix.Close(staged)
+	if !mountRoot(staged) {
+		return fmt.Errorf("staged clone %s is not a mount: %w", o.Stage, errMoved)
+	}
+	tree, err := unix.OpenTree(staged, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
+	if err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	defer unix.Close(tree)
 	at, err := openMount(share, o.Path, o.ID)
 	if err != nil {
 		return err
@@ -135,6 +151,15 @@ func attach(share int, o op, tree int) error {
 		return fmt.Errorf("attach: %w", err)
 	}
 	return nil
+}
+
+// mountRoot says whether fd is the root of a mount.
+func mountRoot(fd int) bool {
+	var st unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, 0, &st); err != nil {
+		return false
+	}
+	return st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }
 
 // detach unmounts mount o, a relayed clone, from its parent directory.
@@ -170,9 +195,8 @@ func detach(share int, o op) error {
 // volume must not hold the pod's execs and stop forever).
 const helperTimeout = 10 * time.Second
 
-// run starts the helper in the jail whose mount namespace is mntNS, with
-// the trees to attach (one per attach op).
-func run(ctx context.Context, mntNS *os.File, req request, trees []*os.File) ([]result, error) {
+// run starts the helper in the jail whose mount namespace is mntNS.
+func run(ctx context.Context, mntNS *os.File, req request) ([]result, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -183,7 +207,7 @@ func run(ctx context.Context, mntNS *os.File, req request, trees []*os.File) ([]
 	cmd := exec.CommandContext(ctx, "/proc/self/exe")
 	cmd.Args = []string{helperName}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(b), &stdout, &stderr
-	cmd.ExtraFiles = append([]*os.File{mntNS}, trees...)
+	cmd.ExtraFiles = []*os.File{mntNS}
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("mount propagation helper: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}

@@ -20,6 +20,7 @@ package propagate
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,6 +40,84 @@ type op struct {
 	// its filesystem and root.
 	Host int    `json:"-"`
 	src  string `json:"-"`
+	// Stage is the entry of the shared directory where the clone waits
+	// for the jail to take it (attach only).
+	Stage string `json:"stage,omitempty"`
+}
+
+// table is one mount namespace's mounts below a directory (the shared
+// directory, as that namespace sees it).
+type table struct {
+	dir     string
+	ms      []*mountinfo.Info
+	byID    map[int]*mountinfo.Info
+	covered map[int]bool // mounts another is stacked on
+}
+
+func newTable(dir string, ms []*mountinfo.Info) *table {
+	t := &table{dir: dir, ms: ms, byID: map[int]*mountinfo.Info{}, covered: map[int]bool{}}
+	for _, m := range ms {
+		t.byID[m.ID] = m
+	}
+	for _, m := range ms {
+		if p := t.byID[m.Parent]; p != nil && p.Mountpoint == m.Mountpoint {
+			t.covered[p.ID] = true
+		}
+	}
+	return t
+}
+
+// rel is m's path below an entry of the directory ("entry/sub..."), ok
+// only for such mounts (not the directory nor an entry itself).
+func (t *table) rel(m *mountinfo.Info) (string, bool) {
+	rel, ok := below(t.dir, m.Mountpoint)
+	return rel, ok && strings.Contains(rel, "/")
+}
+
+// visible says whether a path lookup reaches m: nothing is stacked on it
+// and its parents are reachable (the mount it is stacked on does not
+// count).
+func (t *table) visible(m *mountinfo.Info) bool {
+	if t.covered[m.ID] {
+		return false
+	}
+	for depth := 0; depth < 64; depth++ {
+		p := t.byID[m.Parent]
+		if p == nil || m.Mountpoint == t.dir {
+			return true
+		}
+		if _, ok := below(t.dir, p.Mountpoint); !ok && p.Mountpoint != t.dir {
+			return true
+		}
+		if p.Mountpoint != m.Mountpoint && t.covered[p.ID] {
+			return false
+		}
+		m = p
+	}
+	return true
+}
+
+// under says whether m hangs (at any depth) below mount id.
+func (t *table) under(m *mountinfo.Info, id int) bool {
+	for depth := 0; depth < 64 && m != nil; depth++ {
+		if m.Parent == id {
+			return true
+		}
+		m = t.byID[m.Parent]
+	}
+	return false
+}
+
+// subtree is the paths of the mounts hanging below mount id (what a
+// recursive clone of it carries).
+func (t *table) subtree(id int) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range t.ms {
+		if rel, ok := t.rel(m); ok && t.under(m, id) {
+			out[rel] = true
+		}
+	}
+	return out
 }
 
 // plan compares the host's mounts under the pod's shared directory with
@@ -46,22 +125,9 @@ type op struct {
 func plan(shared string, host, jail []*mountinfo.Info) (req request) {
 	shared = filepath.Clean(shared)
 	var top *mountinfo.Info
-	propagated := map[string]*mountinfo.Info{} // by path below an entry
-	hostIdmapped := map[string]bool{}
 	for _, h := range host {
 		if h.Mountpoint == shared {
 			top = h
-			continue
-		}
-		rel, ok := below(shared, h.Mountpoint)
-		if !ok || !strings.Contains(rel, "/") {
-			continue // a volume entry itself
-		}
-		switch {
-		case idmapped(h):
-			hostIdmapped[rel] = true // a submount the volume had when cloned
-		case peer(h, "shared") != "" || peer(h, "master") != "":
-			propagated[rel] = h
 		}
 	}
 	if top == nil {
@@ -71,7 +137,7 @@ func plan(shared string, host, jail []*mountinfo.Info) (req request) {
 	// same filesystem.
 	inside := ""
 	for _, j := range jail {
-		if j.Major == top.Major && j.Minor == top.Minor && j.Root == top.Root {
+		if same(j, top) {
 			inside = j.Mountpoint
 			break
 		}
@@ -80,39 +146,27 @@ func plan(shared string, host, jail []*mountinfo.Info) (req request) {
 		return req
 	}
 	req.Share = inside
-	byID := map[int]*mountinfo.Info{}
-	covered := map[int]bool{} // mounts another is stacked on
-	for _, j := range jail {
-		byID[j.ID] = j
-	}
-	for _, j := range jail {
-		if p := byID[j.Parent]; p != nil && p.Mountpoint == j.Mountpoint {
-			covered[p.ID] = true
+	ht, jt := newTable(shared, host), newTable(inside, jail)
+	// What the host shows at each path below an entry: a copy the kernel
+	// propagated, or a submount the volume had when cloned (idmapped).
+	hostAt := map[string]*mountinfo.Info{}
+	for _, h := range host {
+		if rel, ok := ht.rel(h); ok && ht.visible(h) {
+			hostAt[rel] = h
 		}
 	}
-	// A mount is visible when nothing is stacked on it and its parents
-	// are reachable (the mount it is stacked on does not count).
-	var reachable func(j *mountinfo.Info, depth int) bool
-	reachable = func(j *mountinfo.Info, depth int) bool {
-		p := byID[j.Parent]
-		if p == nil || j.Mountpoint == inside || depth > 64 {
-			return true
+	propagated := func(rel string) *mountinfo.Info {
+		if h := hostAt[rel]; h != nil && !idmapped(h) && (peer(h, "shared") != "" || peer(h, "master") != "") {
+			return h
 		}
-		if _, ok := below(inside, p.Mountpoint); !ok && p.Mountpoint != inside {
-			return true
-		}
-		if p.Mountpoint != j.Mountpoint && covered[p.ID] {
-			return false
-		}
-		return reachable(p, depth+1)
+		return nil
 	}
-	visible := func(j *mountinfo.Info) bool { return !covered[j.ID] && reachable(j, 0) }
 	for _, j := range jail {
-		rel, ok := below(inside, j.Mountpoint)
-		if !ok || !strings.Contains(rel, "/") || !visible(j) {
+		rel, ok := jt.rel(j)
+		if !ok || !jt.visible(j) {
 			continue
 		}
-		h := propagated[rel]
+		h := propagated(rel)
 		if !idmapped(j) {
 			if h != nil && same(j, h) && fromHost(j, h) {
 				req.Attach = append(req.Attach, op{Path: rel, ID: j.ID, Host: h.ID, src: src(h)})
@@ -123,20 +177,20 @@ func plan(shared string, host, jail []*mountinfo.Info) (req request) {
 		// left when the copy under it was unmounted or replaced, part of
 		// a relayed clone (the host's submounts it was cloned with), or a
 		// submount the volume had when cloned.
-		p := byID[j.Parent]
+		p := jt.byID[j.Parent]
 		onCopy := p != nil && p.Mountpoint == j.Mountpoint && !idmapped(p)
 		switch {
 		case onCopy:
-			if h == nil || !same(j, h) || !same(p, h) || !fromHost(p, h) || outdated(rel, j, propagated, jail, byID, inside) {
+			// A clone does not follow the host's later submounts: one
+			// whose submounts differ from the host's is made again.
+			if h == nil || !same(j, h) || !same(p, h) || !fromHost(p, h) || !maps.Equal(jt.subtree(j.ID), ht.subtree(h.ID)) {
 				req.Detach = append(req.Detach, op{Path: rel, ID: j.ID})
 			}
-		case inClone(j, byID, inside):
-		case !hostIdmapped[rel]:
+		case inClone(j, jt):
+		case hostAt[rel] == nil || !idmapped(hostAt[rel]):
 			req.Detach = append(req.Detach, op{Path: rel, ID: j.ID})
 		}
 	}
-	all := slices.Clone(req.Attach)
-	req.Attach = slices.DeleteFunc(req.Attach, func(o op) bool { return underAttach(all, o.Path) })
 	return req
 }
 
@@ -147,63 +201,32 @@ func same(a, b *mountinfo.Info) bool {
 
 func src(m *mountinfo.Info) string { return fmt.Sprintf("%d:%d:%s", m.Major, m.Minor, m.Root) }
 
-// underAttach says whether rel is below a path already being attached
-// (whose clone carries the host's submounts with it).
-func underAttach(attach []op, rel string) bool {
-	for _, o := range attach {
-		if _, ok := below(o.Path, rel); ok {
-			return true
+// nested drops the attaches below another one in the list (whose clone
+// carries the host's submounts with it).
+func nested(attach []op) []op {
+	all := slices.Clone(attach)
+	return slices.DeleteFunc(attach, func(o op) bool {
+		for _, a := range all {
+			if _, ok := below(a.Path, o.Path); ok {
+				return true
+			}
 		}
-	}
-	return false
-}
-
-// outdated says whether the relayed clone c at rel lacks a submount the
-// host has there now, or holds one the host no longer has (a clone does
-// not follow the host's later submounts; a new one is made).
-func outdated(rel string, c *mountinfo.Info, propagated map[string]*mountinfo.Info, jail []*mountinfo.Info, byID map[int]*mountinfo.Info, inside string) bool {
-	parts := map[string]bool{}
-	for _, j := range jail {
-		if sub, ok := below(inside, j.Mountpoint); ok && idmapped(j) && under(j, c.ID, byID) {
-			parts[sub] = true
-		}
-	}
-	for sub := range propagated {
-		if _, ok := below(rel, sub); ok && !parts[sub] {
-			return true
-		}
-	}
-	for sub := range parts {
-		if propagated[sub] == nil {
-			return true
-		}
-	}
-	return false
-}
-
-// under says whether mount j hangs (at any depth) below mount id.
-func under(j *mountinfo.Info, id int, byID map[int]*mountinfo.Info) bool {
-	for depth := 0; depth < 64 && j != nil; depth++ {
-		if j.Parent == id {
-			return true
-		}
-		j = byID[j.Parent]
-	}
-	return false
+		return false
+	})
 }
 
 // inClone says whether mount j hangs below a relayed clone (an idmapped
 // mount stacked on a copy), as the host submounts cloned with it do.
-func inClone(j *mountinfo.Info, byID map[int]*mountinfo.Info, inside string) bool {
+func inClone(j *mountinfo.Info, t *table) bool {
 	for depth := 0; depth < 64; depth++ {
-		p := byID[j.Parent]
-		if p == nil || p.Mountpoint == inside {
+		p := t.byID[j.Parent]
+		if p == nil || p.Mountpoint == t.dir {
 			return false
 		}
-		if _, ok := below(inside, p.Mountpoint); !ok {
-			return false
+		if _, ok := below(t.dir, p.Mountpoint); !ok || p.Mountpoint == j.Mountpoint {
+			return false // stacked on its parent: not a submount of it
 		}
-		if pp := byID[p.Parent]; idmapped(p) && pp != nil && pp.Mountpoint == p.Mountpoint && !idmapped(pp) {
+		if pp := t.byID[p.Parent]; idmapped(p) && pp != nil && pp.Mountpoint == p.Mountpoint && !idmapped(pp) {
 			return true
 		}
 		j = p

@@ -65,11 +65,17 @@ func TestPlan(t *testing.T) {
 			jail: append(jailBase, copySub, copyNew), attach: []op{newOp}},
 		{name: "relayed clone with its submount", host: append(hostBase, hostNew, hostSub),
 			jail: append(jailBase, copyNew, copySub, relayed, clonedSub)},
+		{name: "clone of a mount stacked on a relayed clone, host mount gone", host: append(hostBase, hostNew),
+			jail: append(jailBase, copyNew, relayed, mi(29, 24, "/share/c-0/mnt", "/t", "rw,idmapped", "")),
+			drop: []op{{Path: "c-0/mnt", ID: 29}}},
+		{name: "relayed clone of a bind stacked over a mount with a submount", host: append(hostBase, hostNew, hostSub, mi(16, 13, shared+"/c-0/mnt", "/top", "rw", "master:12")),
+			jail: append(jailBase, copyNew, copySub, mi(30, 23, "/share/c-0/mnt", "/top", "rw", "master:12"), mi(31, 30, "/share/c-0/mnt", "/top", "rw,idmapped", "master:12"))},
 		{name: "shared directory not in the jail", host: append(hostBase, hostNew), jail: []*mountinfo.Info{copyNew}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := plan(shared, tc.host, tc.jail)
+			req.Attach = nested(req.Attach)
 			if !reflect.DeepEqual(req.Attach, tc.attach) || !reflect.DeepEqual(req.Detach, tc.drop) {
 				t.Errorf("plan = attach %v detach %v; want %v, %v", req.Attach, req.Detach, tc.attach, tc.drop)
 			}

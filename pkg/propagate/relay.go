@@ -9,11 +9,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
+
+// watchInterval is the least time between two syncs of the watch.
+const watchInterval = 100 * time.Millisecond
 
 // Relay keeps one pod VM's jail in step with the host's mounts in its
 // propagating volumes.
@@ -29,8 +33,9 @@ type Relay struct {
 	closed           bool
 	pidFD, mountInfo int
 	mountNS, userNS  *os.File
-	failed           map[op]bool // not tried again while they last
-	stop             int         // eventfd that ends the watch
+	failed           map[op]bool   // not tried again while they last
+	sem              chan struct{} // Sync's turn, so waiters can give up
+	stop             int           // eventfd that ends the watch
 	done             chan struct{}
 	closeOnce        sync.Once
 }
@@ -40,7 +45,7 @@ type Relay struct {
 // Close or the process's exit, and on Sync.
 func Start(pid int, shared string) (_ *Relay, retErr error) {
 	r := &Relay{pid: pid, shared: filepath.Clean(shared), pidFD: -1, mountInfo: -1, stop: -1,
-		failed: map[op]bool{}, done: make(chan struct{})}
+		failed: map[op]bool{}, done: make(chan struct{}), sem: make(chan struct{}, 1)}
 	defer func() {
 		if retErr != nil {
 			r.release()
@@ -137,6 +142,9 @@ func (r *Relay) watch() {
 				klog.ErrorS(err, "relay host mounts into the VM", "pid", r.pid)
 			}
 			cancel()
+			// Changes meanwhile are taken together by the next sync: a
+			// mount table that keeps changing costs a few syncs a second.
+			time.Sleep(watchInterval)
 		}
 		if fds[0].Revents&unix.POLLNVAL != 0 {
 			return
@@ -164,7 +172,14 @@ func (r *Relay) release() {
 
 // Sync relays the host's mounts made so far: when it returns, each is
 // visible to the VM with its owners, and clones of those gone are removed.
+// It waits for a sync in progress no longer than ctx allows.
 func (r *Relay) Sync(ctx context.Context) error {
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-r.sem }()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// An outdated clone is detached in one round and made again in the
@@ -177,12 +192,17 @@ func (r *Relay) Sync(ctx context.Context) error {
 	return nil
 }
 
+// stagePrefix names the shared directory's entries where clones wait for
+// the jail to take them (plan looks only below entries, never at them).
+const stagePrefix = ".relay-"
+
 // syncOnce does one round of Sync; done when nothing was left to do.
 func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 	host, err := mountinfo.GetMounts(mountinfo.PrefixFilter(r.shared))
 	if err != nil {
 		return false, fmt.Errorf("read host mounts: %w", err)
 	}
+	r.unstage(host) // left by a daemon killed halfway
 	jail, err := r.readJail()
 	if err != nil {
 		return false, fmt.Errorf("read VM mounts: %w", err)
@@ -196,18 +216,23 @@ func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 		}
 	}
 	r.failed = pending
-	var attach []op
-	var trees []*os.File
+	known := func(o op) bool { return r.failed[o] }
+	req.Attach = nested(slices.DeleteFunc(req.Attach, known))
+	req.Detach = slices.DeleteFunc(req.Detach, known)
+	dir, err := unix.Open(r.shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("open shared directory: %w", err)
+	}
+	defer unix.Close(dir)
+	var staged []op
 	defer func() {
-		for _, t := range trees {
-			t.Close()
+		for _, o := range staged {
+			unstage(dir, o.Stage)
 		}
 	}()
 	for _, o := range req.Attach {
-		if r.failed[o] {
-			continue
-		}
-		t, err := r.clone(o)
+		o.Stage = fmt.Sprintf("%s%d", stagePrefix, o.Host)
+		err := r.stage(dir, o)
 		if errors.Is(err, errMoved) || errors.Is(err, unix.ENOENT) {
 			continue // gone or moved meanwhile: the next change says
 		}
@@ -215,19 +240,20 @@ func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 			r.fail(o, err)
 			continue
 		}
-		attach, trees = append(attach, o), append(trees, t)
+		staged = append(staged, o)
 	}
-	req.Attach = attach
-	req.Detach = slices.DeleteFunc(req.Detach, func(o op) bool { return r.failed[o] })
+	req.Attach = staged
 	if len(req.Attach)+len(req.Detach) == 0 {
 		return true, nil
 	}
-	failed, err := run(ctx, r.mountNS, req, trees)
+	failed, err := run(ctx, r.mountNS, req)
 	if err != nil {
 		return false, err
 	}
 	for _, f := range failed {
-		r.fail(f.op, errors.New(f.Err))
+		if list := map[bool][]op{false: req.Attach, true: req.Detach}[f.Detach]; f.Index >= 0 && f.Index < len(list) {
+			r.fail(list[f.Index], errors.New(f.Err))
+		}
 	}
 	klog.V(2).InfoS("relayed host mounts into the VM", "pid", r.pid, "attached", len(req.Attach), "detached", len(req.Detach), "failed", len(failed))
 	return len(req.Detach) == 0, nil
@@ -241,39 +267,63 @@ func (r *Relay) fail(o op, err error) {
 	r.failed[o] = true
 }
 
-// clone makes the idmapped clone of the host's copy at o.Path, a detached
-// mount tree. The path is under a volume, which the guest writes: it is
-// opened without symlinks, beneath the shared directory, and must be the
-// root of the very mount the host's table lists (which only the host
-// fills).
-func (r *Relay) clone(o op) (*os.File, error) {
-	dir, err := unix.Open(r.shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(dir)
+// stage makes the idmapped clone of the host's copy at o.Path and attaches
+// it on the shared directory's entry o.Stage, from where it propagates into
+// the jail with its flags and submounts locked by the kernel (a clone moved
+// in from outside would not be). The path is under a volume, which the
+// guest writes: it is opened without symlinks, beneath the shared
+// directory, and must be the root of the very mount the host's table lists
+// (which only the host fills). The directory itself only root writes.
+func (r *Relay) stage(dir int, o op) error {
 	at, err := openMount(dir, o.Path, o.Host)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer unix.Close(at)
 	tree, err := unix.OpenTree(at, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
 	if err != nil {
-		return nil, fmt.Errorf("clone: %w", err)
+		return fmt.Errorf("clone: %w", err)
 	}
-	t := os.NewFile(uintptr(tree), "mount tree")
+	defer unix.Close(tree)
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(r.userNS.Fd())}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
-		t.Close()
-		return nil, fmt.Errorf("idmap: %w", err)
+		return fmt.Errorf("idmap: %w", err)
 	}
-	// A slave: it receives the host's later submounts, and nothing
-	// mounted under it in the jail could ever reach the host.
+	// A slave: nothing mounted under it in the jail could reach the host.
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &unix.MountAttr{Propagation: unix.MS_SLAVE}); err != nil {
-		t.Close()
-		return nil, fmt.Errorf("make slave: %w", err)
+		return fmt.Errorf("make slave: %w", err)
 	}
-	return t, nil
+	unstage(dir, o.Stage)
+	if err := unix.Mkdirat(dir, o.Stage, 0o700); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	target, err := unix.Openat(dir, o.Stage, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	defer unix.Close(target)
+	if err := unix.MoveMount(tree, "", target, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		unstage(dir, o.Stage)
+		return fmt.Errorf("stage: %w", err)
+	}
+	return nil
+}
+
+// unstage takes a staged clone away (its copy in the jail goes with it).
+func unstage(dir int, name string) {
+	for unix.Unmount(fmt.Sprintf("/proc/self/fd/%d/%s", dir, name), unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW) == nil {
+	}
+	unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
+}
+
+// unstage removes staged clones a killed daemon left.
+func (r *Relay) unstage(host []*mountinfo.Info) {
+	for _, h := range host {
+		if name, ok := below(r.shared, h.Mountpoint); ok && strings.HasPrefix(name, stagePrefix) && !strings.Contains(name, "/") {
+			unix.Unmount(h.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
+			os.Remove(h.Mountpoint)
+		}
+	}
 }
 
 // readJail reads the jail's mount table through the descriptor taken at
@@ -297,13 +347,20 @@ func (r *Relay) readJail() ([]*mountinfo.Info, error) {
 	return mountinfo.GetMountsFromReader(strings.NewReader(b.String()), nil)
 }
 
-// Close ends the watch. The relayed mounts go with the jail.
+// Close ends the watch, waiting for a sync in progress no longer than the
+// helper's timeout. The relayed mounts go with the jail.
 func (r *Relay) Close() {
 	r.closeOnce.Do(func() {
 		if _, err := unix.Write(r.stop, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
 			klog.ErrorS(err, "stop the mount relay", "pid", r.pid)
 		}
-		<-r.done
-		unix.Close(r.stop)
+		select {
+		case <-r.done:
+			unix.Close(r.stop)
+		case <-time.After(2 * helperTimeout):
+			// A filesystem hung under a volume: the watch ends (and
+			// closes its descriptors) when the sync does.
+			klog.InfoS("mount relay still busy; leaving it to end on its own", "pid", r.pid)
+		}
 	})
 }

@@ -138,6 +138,34 @@ func TestRelay(t *testing.T) {
 		}
 	}
 
+	// The clone's flags are locked as the kernel locks every mount that
+	// reaches a less privileged namespace: a host mount made read-only
+	// cannot be made writable from the jail.
+	if err := unix.Mount("tmpfs", point, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ls(); err != nil || out != "" {
+		t.Fatalf("read-only tmpfs in the jail: %q %v", out, err)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-U", "-m", "mount", "-o", "remount,bind,rw", inJail).CombinedOutput(); err == nil {
+		t.Errorf("the jail made a read-only host mount writable: %s", out)
+	}
+	if out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-U", "-m", "touch", filepath.Join(inJail, "x")).CombinedOutput(); err == nil {
+		t.Errorf("the jail wrote in a read-only host mount: %s", out)
+	}
+	if err := unix.Unmount(point, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ls(); err != nil || out != "flagFile" {
+		t.Fatalf("the host's mount under the read-only one: %q %v", out, err)
+	}
+
 	// The host unmounts but keeps the directory: the clone goes.
 	if err := unix.Unmount(point, unix.MNT_DETACH); err != nil {
 		t.Fatal(err)
