@@ -213,14 +213,16 @@ func serve(o options) error {
 	var (
 		prom           *metrics.Metrics
 		observeVMStart func(string, time.Duration)
+		observePhase   func(string, string, time.Duration)
 	)
 	if e.cfg.MetricsAddress != "" {
 		prom = metrics.New()
-		observeVMStart = prom.ObserveVMStart
+		observeVMStart, observePhase = prom.ObserveVMStart, prom.ObservePhase
 	}
 	// Pods left by a previous daemon are taken over before serving.
 	pods, err := sandbox.New(ctx, sandbox.Config{
 		ObserveVMStart: observeVMStart,
+		ObservePhase:   observePhase,
 		Hooks:          hooks,
 		Root:           o.root,
 		SharedRoot:     filepath.Join(o.state, "shared"),

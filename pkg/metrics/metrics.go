@@ -43,6 +43,7 @@ type Metrics struct {
 	latency     *prometheus.HistogramVec
 	podStarts   *prometheus.HistogramVec
 	vmStarts    *prometheus.HistogramVec
+	phases      *prometheus.HistogramVec
 	pulls       *prometheus.CounterVec
 	pullBytes   *prometheus.CounterVec
 	pullLatency *prometheus.HistogramVec
@@ -83,6 +84,11 @@ func New() *Metrics {
 			Help:    "Time from asking for a VM to its agent answering, by how it started: boot or template (a clone); warm pool VMs included.",
 			Buckets: startBuckets,
 		}, []string{"boot"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "start_phase_duration_seconds",
+			Help:    "Time of each step of the calls that start pods and containers (RunPodSandbox, CreateContainer, StartContainer), by call and step.",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"call", "phase"}),
 		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "image_pulls_total", Help: "Image pulls by registry and result (success or failure).",
 		}, []string{"registry", "result"}),
@@ -94,7 +100,7 @@ func New() *Metrics {
 			Buckets: []float64{0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
 		}, []string{"registry"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.vmStarts, m.pulls, m.pullBytes, m.pullLatency,
+	m.reg.MustRegister(m.requests, m.latency, m.podStarts, m.vmStarts, m.phases, m.pulls, m.pullBytes, m.pullLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -113,6 +119,11 @@ func (m *Metrics) Watch(src Source, disks Disks, use Usage, accel func() string)
 // template, agent ready.
 func (m *Metrics) ObserveVMStart(boot string, d time.Duration) {
 	m.vmStarts.WithLabelValues(boot).Observe(d.Seconds())
+}
+
+// ObservePhase records how long one step of a pod or container start took.
+func (m *Metrics) ObservePhase(call, phase string, d time.Duration) {
+	m.phases.WithLabelValues(call, phase).Observe(d.Seconds())
 }
 
 // Unary counts and times CRI requests. It goes first in the chain, so it

@@ -106,7 +106,7 @@ func TestDashboard(t *testing.T) {
 	}
 	m := New()
 	ch := make(chan *prometheus.Desc, 256)
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.podStarts, m.vmStarts, m.pulls, m.pullBytes, m.pullLatency,
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.podStarts, m.vmStarts, m.phases, m.pulls, m.pullBytes, m.pullLatency,
 		&nodeCollector{}, &usageCollector{}} {
 		c.Describe(ch)
 	}

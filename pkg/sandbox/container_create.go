@@ -36,6 +36,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err != nil {
 		return nil, fmt.Errorf("%w: encode container config: %v", ErrInvalid, err)
 	}
+	ph := m.phases("CreateContainer")
 	id := newID()
 	c := newContainer(m, pod, cfg, containerRecord{
 		ID: id, PodID: pod.ID(), Config: raw, CreatedAt: time.Now().UnixNano(),
@@ -77,9 +78,11 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err != nil {
 		return nil, fmt.Errorf("image disk: %w", err)
 	}
+	ph.done("image")
 	if err := pod.ensureImage(ctx, imageID, disk); err != nil {
 		return nil, err
 	}
+	ph.done("attach")
 	c.rec.ImageID = imageID
 	c.rec.ImageRef = imageID
 	if len(img.RepoDigests) > 0 {
@@ -141,6 +144,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	if err := failpoint.Hit("create-container:before-volumes"); err != nil {
 		return nil, err
 	}
+	ph.done("spec")
 	userns := ""
 	if pid := pod.VMPID(); pid > 0 {
 		userns = fmt.Sprintf("/proc/%d/ns/user", pid)
@@ -157,6 +161,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		pod.relayMounts(ctx)
 	}
 	spec.Mounts = placeVolumes(spec.Mounts, at, mounts)
+	ph.done("volumes")
 	if err := failpoint.Hit("create-container:before-guest"); err != nil {
 		return nil, err
 	}
@@ -175,6 +180,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 		return nil, err
 	}
 	c.rec.User = &u
+	ph.done("guest")
 	if err := failpoint.Hit("create-container:before-record"); err != nil {
 		return nil, err
 	}
@@ -186,6 +192,7 @@ func (m *Manager) CreateContainer(ctx context.Context, podID string, cfg *runtim
 	m.mu.Lock()
 	m.ctrs[id] = c
 	m.mu.Unlock()
+	ph.done("record")
 	m.event(c, runtime.ContainerEventType_CONTAINER_CREATED_EVENT)
 	klog.InfoS("container created", "container", id, "pod", pod.ID(), "name", cfg.Metadata.Name, "image", imageID)
 	if err := m.hooks.PostCreateContainer(ctx, pod, c); err != nil {

@@ -18,6 +18,7 @@ import (
 
 // StartContainer starts a created container.
 func (m *Manager) StartContainer(ctx context.Context, id string) error {
+	ph := m.phases("StartContainer")
 	c, client, err := m.lockContainer(id)
 	if err != nil {
 		return err
@@ -44,6 +45,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		return err
 	}
 	defer m.ctrStarts.leave()
+	ph.done("queue")
 	// The intent goes first: a daemon killed during the start asks the
 	// guest, on restart, whether the container runs.
 	c.mu.Lock()
@@ -71,7 +73,9 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		}
 		return err
 	}
+	ph.done("prepare")
 	proc, err := client.StartContainer(ctx, c.rec.ID, c.cfg.GetStdin())
+	ph.done("guest")
 	if err == nil {
 		err = failpoint.Hit("start-container:before-record")
 	}
@@ -97,6 +101,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	m.eventLocked(c, runtime.ContainerEventType_CONTAINER_STARTED_EVENT)
 	go m.monitor(c, proc, log, false)
 	c.mu.Unlock()
+	ph.done("record")
 	if err := m.hooks.PostStartContainer(ctx, c.pod, c); err != nil {
 		klog.ErrorS(err, "NRI PostStartContainer", "container", c.rec.ID)
 	}

@@ -61,6 +61,9 @@ type Config struct {
 	// ObserveVMStart, if set, is told how long each VM took to boot or
 	// resume from a template, agent ready (for metrics).
 	ObserveVMStart func(boot string, d time.Duration)
+	// ObservePhase, if set, is told how long each step of a pod or
+	// container start took (for metrics).
+	ObservePhase func(call, phase string, d time.Duration)
 }
 
 // Manager owns every pod VM and container on the node: their records

@@ -130,10 +130,12 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 			m.releaseName(p.name(), id)
 		}
 	})
+	ph := m.phases("RunPodSandbox")
 	if err := m.podStarts.enter(ctx); err != nil {
 		return nil, err
 	}
 	defer m.podStarts.leave()
+	ph.done("queue")
 	defer m.hooks.Block()()
 	vc, err := m.baseVM(ctx, id[:16])
 	if err != nil {
@@ -167,6 +169,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		removeShared(vc.SharedDir)
 		return nil, fmt.Errorf("persist pod: %w", err)
 	}
+	ph.done("prepare")
 	var (
 		v      vm.VM
 		client *agent.Client
@@ -209,6 +212,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if err != nil {
 		return nil, err
 	}
+	ph.done("network")
 	if err := failpoint.Hit("run-pod:before-vm"); err != nil {
 		return nil, err
 	}
@@ -216,6 +220,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if err != nil {
 		return nil, err
 	}
+	ph.done("vm")
 	p.rec.VM = vc
 	setup := podSetup(cfg, p.rec.Network.IPs)
 	setup.Interfaces, setup.Routes = guestNetwork(nic, netRes)
@@ -229,6 +234,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	if err := client.SetupPod(ctx, setup); err != nil {
 		return nil, fmt.Errorf("set up pod in VM: %w", err)
 	}
+	ph.done("setup")
 	if err := failpoint.Hit("run-pod:before-ready"); err != nil {
 		return nil, err
 	}
@@ -238,6 +244,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 		m.undoPodHooks(p)
 		return nil, fmt.Errorf("NRI RunPodSandbox: %w", err)
 	}
+	ph.done("nri")
 	if err := failpoint.Hit("run-pod:after-hooks"); err != nil {
 		m.undoPodHooks(p)
 		return nil, err
@@ -251,6 +258,7 @@ func (m *Manager) RunPod(ctx context.Context, cfg *runtime.PodSandboxConfig, han
 	m.mu.Lock()
 	m.pods[id] = p
 	m.mu.Unlock()
+	ph.done("record")
 	go p.watchVM(v)
 	klog.InfoS("pod started", "pod", id, "name", p.name(), "vcpus", vc.VCPUs, "memoryMiB", vc.MemoryMiB, "accel", vc.Accel, "boot", p.rec.Boot)
 	return p, nil

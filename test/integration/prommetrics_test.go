@@ -109,6 +109,19 @@ func TestPrometheusMetrics(t *testing.T) {
 	if starts, _ := value(fams, "hyperlet_vm_start_duration_seconds", nil); starts < 2 {
 		t.Errorf("VM starts observed: %v, want at least the 2 pods' VMs", starts)
 	}
+	// Each step of the start calls is timed: both pods', the container's.
+	for _, c := range []struct {
+		call, phase string
+		want        float64
+	}{
+		{"RunPodSandbox", "queue", 2}, {"RunPodSandbox", "network", 2}, {"RunPodSandbox", "vm", 2}, {"RunPodSandbox", "setup", 2}, {"RunPodSandbox", "record", 2},
+		{"CreateContainer", "image", 1}, {"CreateContainer", "attach", 1}, {"CreateContainer", "guest", 1}, {"CreateContainer", "record", 1},
+		{"StartContainer", "queue", 1}, {"StartContainer", "guest", 1}, {"StartContainer", "record", 1},
+	} {
+		if got, _ := value(fams, "hyperlet_start_phase_duration_seconds", map[string]string{"call": c.call, "phase": c.phase}); got < c.want {
+			t.Errorf("%s %s steps timed: %v, want at least %v", c.call, c.phase, got, c.want)
+		}
+	}
 	if _, n := value(fams, "hyperlet_pool_takes_total", nil); n != 2 {
 		t.Errorf("pool takes: %d series, want hit and miss", n)
 	}
