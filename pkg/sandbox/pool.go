@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -228,6 +229,12 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 		return nil, err
 	}
 	w.vm, w.client, w.Config, w.Boot = v, c, cfg, boot
+	// What a pod's setup does that does not depend on the pod is done
+	// now: the shared directory's 9p mount (~0.13 s under TCG), the pod's
+	// shm and the loopback. The pod's own setup skips what is done.
+	if err := c.SetupPod(ctx, &agent.PodSetup{SharedFs: true}); err != nil {
+		return nil, fmt.Errorf("prepare warm VM: %w", err)
+	}
 	if err := m.db.put(poolBucket, id, w); err != nil {
 		return nil, err
 	}
