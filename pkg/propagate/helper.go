@@ -97,26 +97,40 @@ func serve(req request) ([]result, error) {
 // errMoved is a path that no longer leads to the mount it led to.
 var errMoved = errors.New("the path changed")
 
-// openMount opens path below the shared directory without following
-// symlinks (the guest writes in the volumes) and checks that it is the root
-// of mount id.
-func openMount(share int, path string, id int) (int, error) {
-	fd, err := unix.Openat2(share, path, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+// openBeneath opens path below dir as an O_PATH descriptor, without
+// following symlinks (the guest writes in the volumes) or leaving dir.
+func openBeneath(dir int, path string, flags uint64) (int, error) {
+	return unix.Openat2(dir, path, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC | flags,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
+}
+
+// mountOf says which mount fd is in, and whether fd is that mount's root
+// (true where the kernel cannot tell).
+func mountOf(fd int) (id uint64, root bool, err error) {
+	var st unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &st); err != nil {
+		return 0, false, err
+	}
+	root = st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+	return st.Mnt_id, root, nil
+}
+
+// openMount opens path below dir (openBeneath) and checks that it is the
+// root of mount id.
+func openMount(dir int, path string, id int) (int, error) {
+	fd, err := openBeneath(dir, path, 0)
 	if err != nil {
 		return -1, err
 	}
-	var st unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID, &st); err != nil {
+	mnt, root, err := mountOf(fd)
+	if err == nil && (mnt != uint64(id) || !root) {
+		err = fmt.Errorf("%s is not mount %d: %w", path, id, errMoved)
+	}
+	if err != nil {
 		unix.Close(fd)
 		return -1, err
-	}
-	notRoot := st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT == 0
-	if st.Mnt_id != uint64(id) || notRoot {
-		unix.Close(fd)
-		return -1, fmt.Errorf("%s is not mount %d: %w", path, id, errMoved)
 	}
 	return fd, nil
 }
@@ -126,15 +140,12 @@ func openMount(share int, path string, id int) (int, error) {
 // for every mount reaching a less privileged namespace) and stacks it on
 // top of the jail's mount o.
 func attach(share int, o op) error {
-	staged, err := unix.Openat2(share, o.Stage, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	staged, err := openBeneath(share, o.Stage, 0)
 	if err != nil {
 		return fmt.Errorf("staged clone: %w", err)
 	}
 	defer unix.Close(staged)
-	if !mountRoot(staged) {
+	if _, root, err := mountOf(staged); err != nil || !root {
 		return fmt.Errorf("staged clone %s is not a mount: %w", o.Stage, errMoved)
 	}
 	tree, err := unix.OpenTree(staged, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
@@ -153,24 +164,12 @@ func attach(share int, o op) error {
 	return nil
 }
 
-// mountRoot says whether fd is the root of a mount.
-func mountRoot(fd int) bool {
-	var st unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, 0, &st); err != nil {
-		return false
-	}
-	return st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT == 0 || st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
-}
-
 // detach unmounts mount o, a relayed clone, from its parent directory.
 func detach(share int, o op) error {
 	dir, name := filepath.Split(o.Path)
 	parent := share
 	if dir != "" {
-		fd, err := unix.Openat2(share, strings.TrimSuffix(dir, "/"), &unix.OpenHow{
-			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-		})
+		fd, err := openBeneath(share, strings.TrimSuffix(dir, "/"), unix.O_DIRECTORY)
 		if err != nil {
 			return err
 		}

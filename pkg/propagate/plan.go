@@ -6,16 +6,18 @@
 // made a slave of it, so a mount the host makes in the volume later reaches
 // the jail by propagation. But the propagated copy is not idmapped: the
 // unprivileged QEMU sees its files as owned by nobody and cannot read a
-// root-owned 0700 directory. A Relay watches the jail's mount table and
-// stacks an idmapped clone of each such copy on top of it, in the jail's
-// mount namespace only (so the host can still unmount and remove its mount
-// point), and takes the clone away once the host's mount is gone.
+// root-owned 0700 directory. A Relay watches the jail's mount table and puts
+// an idmapped clone over each such copy, in the jail's mount namespace only
+// (so the host can still unmount and remove its mount point), and takes the
+// clone away once the host's mount is gone or changed.
 //
-// Only mounts the host made are relayed: a copy in the jail must match, by
-// path, device, root and peer group, a propagated mount the host itself
-// holds under the pod's shared directory, and the helper that does the work
-// checks by mount ID that the path it opened, without following symlinks,
-// is that copy.
+// Only mounts the host made are relayed, and only from the host's side: the
+// clone is made from the host's own copy (checked by mount ID against the
+// host's mount table) and reaches the jail by propagation from a staging
+// entry of the shared directory, so the kernel locks its flags and
+// submounts there; a helper in the jail's mount namespace clones that
+// staged copy over the jail's copy, which it checks by mount ID, having
+// opened both without following symlinks.
 package propagate
 
 import (

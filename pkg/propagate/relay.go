@@ -1,6 +1,7 @@
 package propagate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,17 +26,17 @@ type Relay struct {
 	pid    int
 	shared string
 
-	// mu serialises Sync and guards the descriptors, taken once at Start
-	// (never looked up by pid again, which a dead VM's successor could
-	// reuse): the VM process, its mount and user namespaces, its
-	// mountinfo (polled and read).
-	mu               sync.Mutex
+	// turn is held (a send) by one Sync at a time, and by the watch's
+	// release, so waiters can give up; it guards what follows: the
+	// descriptors taken once at Start (never looked up by pid again, which
+	// a dead VM's successor could reuse): the VM process, its mount and
+	// user namespaces, its mountinfo (polled and read).
+	turn             chan struct{}
 	closed           bool
 	pidFD, mountInfo int
 	mountNS, userNS  *os.File
-	failed           map[op]bool   // not tried again while they last
-	sem              chan struct{} // Sync's turn, so waiters can give up
-	stop             int           // eventfd that ends the watch
+	failed           map[op]bool // not tried again while they last
+	stop             int         // eventfd that ends the watch
 	done             chan struct{}
 	closeOnce        sync.Once
 }
@@ -45,7 +46,7 @@ type Relay struct {
 // Close or the process's exit, and on Sync.
 func Start(pid int, shared string) (_ *Relay, retErr error) {
 	r := &Relay{pid: pid, shared: filepath.Clean(shared), pidFD: -1, mountInfo: -1, stop: -1,
-		failed: map[op]bool{}, done: make(chan struct{}), sem: make(chan struct{}, 1)}
+		failed: map[op]bool{}, done: make(chan struct{}), turn: make(chan struct{}, 1)}
 	defer func() {
 		if retErr != nil {
 			r.release()
@@ -61,8 +62,8 @@ func Start(pid int, shared string) (_ *Relay, retErr error) {
 	if r.userNS, err = os.Open(fmt.Sprintf("/proc/%d/ns/user", pid)); err != nil {
 		return nil, fmt.Errorf("VM user namespace: %w", err)
 	}
-	// A raw descriptor: one that os.Open registers with Go's poller would
-	// (and so consume) the change events first.
+	// A raw descriptor: Go's poller, which os.Open registers files with,
+	// would see (and so consume) the change events first.
 	if r.mountInfo, err = unix.Open(fmt.Sprintf("/proc/%d/mountinfo", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 		return nil, fmt.Errorf("VM mount table: %w", err)
 	}
@@ -113,9 +114,9 @@ func checkNamespaces(mountNS, userNS *os.File) error {
 func (r *Relay) watch() {
 	defer close(r.done)
 	defer func() {
-		r.mu.Lock()
+		r.turn <- struct{}{}
 		r.release()
-		r.mu.Unlock()
+		<-r.turn
 	}()
 	fds := []unix.PollFd{
 		{Fd: int32(r.mountInfo), Events: unix.POLLPRI},
@@ -152,8 +153,8 @@ func (r *Relay) watch() {
 	}
 }
 
-// release closes the descriptors (the caller holds mu, or nothing else
-// has the relay).
+// release closes the descriptors (the caller holds the turn, or nothing
+// else has the relay).
 func (r *Relay) release() {
 	r.closed = true
 	for _, fd := range []*int{&r.pidFD, &r.mountInfo} {
@@ -175,13 +176,11 @@ func (r *Relay) release() {
 // It waits for a sync in progress no longer than ctx allows.
 func (r *Relay) Sync(ctx context.Context) error {
 	select {
-	case r.sem <- struct{}{}:
+	case r.turn <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	defer func() { <-r.sem }()
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer func() { <-r.turn }()
 	// An outdated clone is detached in one round and made again in the
 	// next.
 	for round := 0; round < 3 && !r.closed; round++ {
@@ -202,7 +201,17 @@ func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 	if err != nil {
 		return false, fmt.Errorf("read host mounts: %w", err)
 	}
-	r.unstage(host) // left by a daemon killed halfway
+	dir, err := unix.Open(r.shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("open shared directory: %w", err)
+	}
+	defer unix.Close(dir)
+	// Staged clones a daemon killed halfway left.
+	for _, h := range host {
+		if name, ok := below(r.shared, h.Mountpoint); ok && strings.HasPrefix(name, stagePrefix) && !strings.Contains(name, "/") {
+			unstage(dir, name)
+		}
+	}
 	jail, err := r.readJail()
 	if err != nil {
 		return false, fmt.Errorf("read VM mounts: %w", err)
@@ -219,11 +228,6 @@ func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 	known := func(o op) bool { return r.failed[o] }
 	req.Attach = nested(slices.DeleteFunc(req.Attach, known))
 	req.Detach = slices.DeleteFunc(req.Detach, known)
-	dir, err := unix.Open(r.shared, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false, fmt.Errorf("open shared directory: %w", err)
-	}
-	defer unix.Close(dir)
 	var staged []op
 	defer func() {
 		for _, o := range staged {
@@ -251,7 +255,11 @@ func (r *Relay) syncOnce(ctx context.Context) (done bool, _ error) {
 		return false, err
 	}
 	for _, f := range failed {
-		if list := map[bool][]op{false: req.Attach, true: req.Detach}[f.Detach]; f.Index >= 0 && f.Index < len(list) {
+		list := req.Attach
+		if f.Detach {
+			list = req.Detach
+		}
+		if f.Index >= 0 && f.Index < len(list) {
 			r.fail(list[f.Index], errors.New(f.Err))
 		}
 	}
@@ -316,23 +324,13 @@ func unstage(dir int, name string) {
 	unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
 }
 
-// unstage removes staged clones a killed daemon left.
-func (r *Relay) unstage(host []*mountinfo.Info) {
-	for _, h := range host {
-		if name, ok := below(r.shared, h.Mountpoint); ok && strings.HasPrefix(name, stagePrefix) && !strings.Contains(name, "/") {
-			unix.Unmount(h.Mountpoint, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
-			os.Remove(h.Mountpoint)
-		}
-	}
-}
-
 // readJail reads the jail's mount table through the descriptor taken at
 // Start.
 func (r *Relay) readJail() ([]*mountinfo.Info, error) {
 	if _, err := unix.Seek(r.mountInfo, 0, 0); err != nil {
 		return nil, err
 	}
-	var b strings.Builder
+	var b bytes.Buffer
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := unix.Read(r.mountInfo, buf)
@@ -344,7 +342,7 @@ func (r *Relay) readJail() ([]*mountinfo.Info, error) {
 		}
 		b.Write(buf[:n])
 	}
-	return mountinfo.GetMountsFromReader(strings.NewReader(b.String()), nil)
+	return mountinfo.GetMountsFromReader(&b, nil)
 }
 
 // Close ends the watch, waiting for a sync in progress no longer than the

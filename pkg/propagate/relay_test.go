@@ -116,10 +116,10 @@ func TestRelay(t *testing.T) {
 
 	// Without the relay the kernel's copy is not idmapped: root's 0700
 	// directory is closed to the jail.
-	r.mu.Lock()
+	r.turn <- struct{}{}
 	mount(flags, point, unix.MS_BIND)
 	out, err := ls()
-	r.mu.Unlock()
+	<-r.turn
 	if err == nil || !strings.Contains(out, "Permission denied") {
 		t.Fatalf("the jail read an unrelayed root-only mount: %q %v", out, err)
 	}
@@ -195,9 +195,9 @@ func TestRelay(t *testing.T) {
 	if err := r.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	r.mu.Lock()
+	r.turn <- struct{}{}
 	failed := len(r.failed)
-	r.mu.Unlock()
+	<-r.turn
 	if failed != 0 {
 		t.Errorf("%d ops failed on a second sync", failed)
 	}
