@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"net"
+	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -14,6 +16,15 @@ import (
 
 // setupNetwork brings up lo and configures the pod's NICs and routes. It is
 // idempotent: existing addresses and routes are kept.
+//
+// An interface without addresses is only prepared: a warm VM brings its
+// NIC up before any pod is known, so that the pod's setup pays for no link
+// start (under TCG the kernel's link-up work, run on the NIC's first up,
+// delayed the route that followed by 50-100 ms). A prepared NIC gets no
+// IPv6 link-local address: the warm VM's MAC is not the pod's, and clones
+// of one template share it, so on one bridge their link-locals would
+// collide. When the pod's addresses come, after its MAC is set, the kernel
+// generates the link-local from that MAC.
 func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
@@ -68,8 +79,19 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 				return status.Errorf(codes.Internal, "add %s to %s: %v", a, link.Attrs().Name, err)
 			}
 		}
+		name := link.Attrs().Name
+		if link.Attrs().Flags&net.FlagUp == 0 && len(ifc.Addresses) == 0 {
+			if err := setAddrGenMode(name, addrGenNone); err != nil {
+				return status.Errorf(codes.Internal, "IPv6 address generation of %s: %v", name, err)
+			}
+		}
 		if err := netlink.LinkSetUp(link); err != nil {
-			return status.Errorf(codes.Internal, "bring up %s: %v", link.Attrs().Name, err)
+			return status.Errorf(codes.Internal, "bring up %s: %v", name, err)
+		}
+		if len(ifc.Addresses) > 0 {
+			if err := setAddrGenMode(name, addrGenEUI64); err != nil {
+				return status.Errorf(codes.Internal, "IPv6 address generation of %s: %v", name, err)
+			}
 		}
 	}
 	for _, r := range routes {
@@ -86,4 +108,25 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 		}
 	}
 	return nil
+}
+
+// IPv6 address generation modes (net.ipv6.conf.IF.addr_gen_mode).
+const (
+	addrGenEUI64 = "0" // link-local from the MAC: the kernel's default
+	addrGenNone  = "1"
+)
+
+// setAddrGenMode sets how the kernel makes the NIC's IPv6 link-local
+// address; a change on an up NIC makes it anew. Without IPv6 it does
+// nothing.
+func setAddrGenMode(ifname, mode string) error {
+	f := "/proc/sys/net/ipv6/conf/" + ifname + "/addr_gen_mode"
+	cur, err := os.ReadFile(f)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil || strings.TrimSpace(string(cur)) == mode {
+		return err
+	}
+	return os.WriteFile(f, []byte(mode), 0)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"k8s.io/klog/v2"
 
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 	"github.com/hyperlet/hyperlet/pkg/agent"
 	"github.com/hyperlet/hyperlet/pkg/cni"
 	"github.com/hyperlet/hyperlet/pkg/vm"
@@ -231,8 +232,14 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 	w.vm, w.client, w.Config, w.Boot = v, c, cfg, boot
 	// What a pod's setup does that does not depend on the pod is done
 	// now: the shared directory's 9p mount (~0.13 s under TCG), the pod's
-	// shm and the loopback. The pod's own setup skips what is done.
-	if err := c.SetupPod(ctx, &agent.PodSetup{SharedFs: true}); err != nil {
+	// shm, the loopback, and the NIC brought up without addresses (the
+	// kernel's link start delayed the pod's routes by 50-100 ms). The
+	// pod's own setup skips what is done.
+	prep := &agent.PodSetup{SharedFs: true}
+	if cfg.Net != nil {
+		prep.Interfaces = []*agentapi.Interface{{Mac: cfg.Net.MAC}}
+	}
+	if err := c.SetupPod(ctx, prep); err != nil {
 		return nil, fmt.Errorf("prepare warm VM: %w", err)
 	}
 	if err := m.db.put(poolBucket, id, w); err != nil {

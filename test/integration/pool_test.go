@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -58,6 +59,13 @@ func (d *criDaemon) podBoot(ctx context.Context, id string) string {
 	return info.Boot
 }
 
+// linkLocal is the EUI-64 IPv6 link-local address the kernel makes from a
+// MAC.
+func linkLocal(mac net.HardwareAddr) string {
+	ip := net.IP{0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]}
+	return ip.String()
+}
+
 // warmTaps lists the warm VMs' taps in the host's network namespace.
 func warmTaps() []string {
 	out, _ := exec.Command("ip", "-o", "link", "show").Output()
@@ -89,7 +97,7 @@ func TestCRIWarmPool(t *testing.T) {
 	if b := d.podBoot(ctx, web); b != sandbox.BootPool {
 		t.Fatalf("pod of the base size booted %q, want %q", b, sandbox.BootPool)
 	}
-	d.createStart(ctx, web, webCfg, ctrConfig("httpd", "sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"))
+	httpd := d.createStart(ctx, web, webCfg, ctrConfig("httpd", "sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"))
 	ps, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: web})
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +115,21 @@ func TestCRIWarmPool(t *testing.T) {
 	}
 	if got != "warm-host\n" {
 		t.Fatalf("GET %s from a warm VM pod: %q", url, got)
+	}
+	// The warm VM's NIC was up before the pod was known, under another
+	// MAC (the template's, shared by every clone): its IPv6 link-local
+	// must still be the pod's own, made from the pod's MAC.
+	r, err := d.exec(ctx, httpd, 30, "sh", "-c", "cat /sys/class/net/eth0/address; ip -6 -o addr show dev eth0 scope link")
+	if err != nil || r.ExitCode != 0 {
+		t.Fatalf("NIC addresses: %v %v", r, err)
+	}
+	lines := strings.SplitN(strings.TrimSpace(string(r.Stdout)), "\n", 2)
+	mac, err := net.ParseMAC(lines[0])
+	if err != nil || len(lines) != 2 {
+		t.Fatalf("NIC addresses: %q", r.Stdout)
+	}
+	if want := linkLocal(mac); !strings.Contains(lines[1], " "+want+"/64 ") || strings.Count(lines[1], "inet6") != 1 {
+		t.Fatalf("IPv6 link-local of a warm VM pod with MAC %s: %q, want only %s", mac, lines[1], want)
 	}
 
 	// Other tests' daemons share the template directory: count from here.
