@@ -79,7 +79,7 @@ bench: deps guest build ## hyperlet (cold boot, template clone, warm pool) vs co
 gvisor: ## build gVisor's runsc and containerd shim from the gvisor.dev/gvisor Go module for the bench (cached per machine)
 	hack/gvisor.sh
 
-DENSITY ?= 200
+DENSITY ?= 400
 SOAK ?= 1h
 soak: deps guest build ## churn pods (create, exec, logs, remove) with 4 clients for $(SOAK), then kill -9 the daemon in a burst of 20 starts; table to docs/soak.md (not in CI)
 	hack/registry.sh up >/dev/null

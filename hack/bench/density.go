@@ -36,6 +36,15 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	var pods []*pod
 	t0 := time.Now()
 	for len(pods) < n {
+		// Stop short rather than let the node run out of memory: the
+		// next step must leave headroom at the last step's cost per pod.
+		if len(pods) > 0 {
+			per := (availBefore - memAvailableMiB()) / int64(len(pods))
+			if left := memAvailableMiB() - per*step; left < densityHeadroomMiB {
+				stopMany(ctx, e, pods, 4)
+				return fmt.Errorf("after %d pods (%d MiB each): %d more would leave %d MiB of host memory, under %d MiB", len(pods), per, step, left, densityHeadroomMiB)
+			}
+		}
 		more, took, err := startMany(ctx, e, b.logs, min(step, n-len(pods)), 4)
 		pods = append(pods, more...)
 		if err != nil {
@@ -45,9 +54,11 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	}
 	ramp := time.Since(t0)
 
-	// Every pod Ready and exec-able.
+	// Every pod Ready and exec-able, checked by 4 clients as a node's
+	// probes would be.
 	t1 := time.Now()
-	for _, p := range pods {
+	err = parallel(len(pods), 4, func(i int) error {
+		p := pods[i]
 		st, err := e.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id})
 		if err != nil || st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
 			return fmt.Errorf("pod %s not ready: %v %v", p.id, st.GetStatus().GetState(), err)
@@ -56,6 +67,11 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		if err != nil || r.ExitCode != 0 || len(r.Stdout) == 0 {
 			return fmt.Errorf("exec in pod %s: %v %v", p.id, r, err)
 		}
+		return nil
+	})
+	if err != nil {
+		stopMany(ctx, e, pods, 4)
+		return err
 	}
 	checked := time.Since(t1)
 	pss, err := settledPSS(ctx, e, pods)
@@ -90,7 +106,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		"each pod one busybox `sleep` container.\n\n", env.when, env.host, strings.ToUpper(env.accel), env.cpus, env.mem)
 	fmt.Fprintf(&s, "| measure | value |\n|---|---:|\n")
 	fmt.Fprintf(&s, "| pods started (4 concurrent clients) | %d in %s (%.2f pods/s) |\n", len(pods), ramp.Round(time.Second), float64(len(pods))/ramp.Seconds())
-	fmt.Fprintf(&s, "| all Ready and answering ExecSync | yes, checked in %s |\n", checked.Round(time.Millisecond))
+	fmt.Fprintf(&s, "| all Ready and answering ExecSync (4 clients) | yes, checked in %s |\n", checked.Round(time.Millisecond))
 	fmt.Fprintf(&s, "| PSS per idle pod (its QEMU) | %.1f MiB, of which %.1f MiB TCG translation cache |\n", pss.pss, pss.tcg)
 	fmt.Fprintf(&s, "| template RAM files on tmpfs | %.1f MiB |\n", tplMiB)
 	fmt.Fprintf(&s, "| host MemAvailable before / with %d pods | %d / %d MiB (%.1f MiB per pod) |\n", n, availBefore, availAt, float64(availBefore-availAt)/float64(n))
@@ -110,6 +126,9 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	}
 	return nil
 }
+
+// densityHeadroomMiB is the host memory the ramp leaves free.
+const densityHeadroomMiB = 1024
 
 func memAvailableMiB() int64 {
 	b, err := os.ReadFile("/proc/meminfo")

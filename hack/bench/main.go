@@ -149,6 +149,8 @@ type series struct {
 	create   []time.Duration // CreateContainer alone
 	start    []time.Duration // StartContainer alone
 	teardown []time.Duration
+	// CPU the machine spent, summed over the starts and the teardowns.
+	cpuStart, cpuTeardown cpuUse
 }
 
 func (b *bench) run(ctx context.Context, out string) error {
@@ -201,14 +203,18 @@ func (b *bench) run(ctx context.Context, out string) error {
 	fmt.Printf("pod start latency: %d sequential starts per runtime, interleaved\n", b.n)
 	for i := range b.n {
 		for _, s := range all {
+			c0 := sampleCPU()
 			p, err := startPod(ctx, s.e, b.logs)
 			if err != nil {
 				return err
 			}
+			c1 := sampleCPU()
 			d, err := stopPod(ctx, s.e, p)
 			if err != nil {
 				return err
 			}
+			s.cpuStart = s.cpuStart.add(c1.since(c0))
+			s.cpuTeardown = s.cpuTeardown.add(sampleCPU().since(c1))
 			s.starts = append(s.starts, p.total())
 			s.sandbox = append(s.sandbox, p.run)
 			s.create = append(s.create, p.create)
@@ -237,6 +243,7 @@ func (b *bench) run(ctx context.Context, out string) error {
 	// (the default configuration, without the pool's idle VMs).
 	mem := map[string]map[int]memSample{}
 	rates := map[string]float64{}
+	rateCPU := map[string]cpuUse{}
 	bulkTeardown := map[string]time.Duration{}
 	for _, e := range append(peers, hl["template"], hl["cold"]) {
 		mem[e.name] = map[int]memSample{}
@@ -258,10 +265,12 @@ func (b *bench) run(ctx context.Context, out string) error {
 		if e == hl["cold"] {
 			continue // 50 cold boots add minutes and no new figure
 		}
+		c0 := sampleCPU()
 		pods, took, err := startMany(ctx, e, b.logs, b.rateN, b.clients)
 		if err != nil {
 			return err
 		}
+		rateCPU[e.name] = sampleCPU().since(c0).per(len(pods))
 		rates[e.name] = float64(len(pods)) / took.Seconds()
 		fmt.Printf("  %s: %d pods with %d clients in %s (%.2f pods/s)\n", e.name, len(pods), b.clients, took.Round(time.Millisecond), rates[e.name])
 		if mem[e.name][b.rateN], err = settledPSS(ctx, e, pods); err != nil {
@@ -278,14 +287,14 @@ func (b *bench) run(ctx context.Context, out string) error {
 	bursts := map[string]burst{}
 	if b.burstN > 0 {
 		for _, e := range []*endpoint{ctrd, hl["template"]} {
-			load := sampleLoad()
+			load, c0 := sampleLoad(), sampleCPU()
 			pods, took, err := startMany(ctx, e, b.logs, b.burstN, b.burstClients)
-			maxLoad := load()
+			maxLoad, used := load(), sampleCPU().since(c0)
 			if err != nil {
 				stopMany(ctx, e, pods, b.burstClients)
 				return fmt.Errorf("%s: burst of %d pods: %w", e.name, b.burstN, err)
 			}
-			bursts[e.name] = burst{rate: float64(len(pods)) / took.Seconds(), maxLoad: maxLoad}
+			bursts[e.name] = burst{rate: float64(len(pods)) / took.Seconds(), maxLoad: maxLoad, cpu: used.per(len(pods))}
 			fmt.Printf("  %s: burst of %d pods with %d clients in %s (%.2f pods/s, load average up to %.1f)\n",
 				e.name, len(pods), b.burstClients, took.Round(time.Millisecond), bursts[e.name].rate, maxLoad)
 			if _, err := stopMany(ctx, e, pods, b.burstClients); err != nil {
@@ -300,7 +309,7 @@ func (b *bench) run(ctx context.Context, out string) error {
 	}
 	tplBytes := readVMStatus(ctx, hl["template"]).TemplateBytes
 
-	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, bulkTeardown: bulkTeardown, daemons: daemons,
+	r := &report{env: env, series: all, vmCold: vmCold, vmClone: vmClone, mem: mem, rates: rates, rateCPU: rateCPU, bulkTeardown: bulkTeardown, daemons: daemons,
 		ctrd: ctrd.name, tpl: hl["template"].name, cold: hl["cold"].name, rateN: b.rateN, clients: b.clients,
 		gvisor: gvName(gv), oneOff: oneOff,
 		poolInfo: poolInfo, poolSize: b.pool, templateMiB: float64(tplBytes) / (1 << 20),

@@ -33,6 +33,7 @@ type report struct {
 	vmCold, vmClone []time.Duration
 	mem             map[string]map[int]memSample
 	rates           map[string]float64
+	rateCPU         map[string]cpuUse // per pod, over the creation rate phase
 	bulkTeardown    map[string]time.Duration
 	daemons         map[string]float64
 	ctrd, tpl, cold string
@@ -48,7 +49,10 @@ type report struct {
 }
 
 // burst is the burst phase's outcome for one runtime.
-type burst struct{ rate, maxLoad float64 }
+type burst struct {
+	rate, maxLoad float64
+	cpu           cpuUse // per pod
+}
 
 func ratio(a, b float64) string {
 	if b == 0 {
@@ -112,6 +116,8 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %s |\n", s.label, st.min, st.median, st.p95, rat)
 	}
+
+	r.cpuSection(&b)
 
 	if len(r.oneOff) > 0 {
 		fmt.Fprintf(&b, "\n## A one-off command\n\n`hyperctl run --rm busybox echo hi` as a user runs it (hyperctl speaks plain CRI, so it drives every runtime): "+
@@ -189,6 +195,34 @@ func (r *report) markdown() string {
 		r.ctrd, r.daemons[r.ctrd], r.tpl, r.daemons[r.tpl], r.templateMiB)
 	fmt.Fprintf(&b, "\nChart: [latency.svg](latency.svg). Reproduce: `make bench` (see docs/performance.md).\n")
 	return b.String()
+}
+
+// cpuSection is what a KVM host would see: the machine's CPU time per pod
+// in each phase, and the part hyperlet's vCPU threads ran. Under TCG those
+// threads emulate the guest; a KVM guest runs the same work natively, so
+// the time outside the guest is what stays.
+func (r *report) cpuSection(b *strings.Builder) {
+	fmt.Fprintf(b, "\n## CPU per pod\n\nCPU time of the whole machine (all CPUs, /proc/stat, idle excluded) while each phase ran, per pod, and the part "+
+		"spent in hyperlet's vCPU threads (QEMU's `CPU n/TCG`, from their /proc stat): under TCG that is the guest's emulated run time, "+
+		"which a KVM host runs natively at a fraction of it. *Outside the guest* is the rest: daemons, QEMU's main loop and I/O, CNI, "+
+		"the host kernel, what a KVM host pays too. A warm-pool start includes the replacement warm VM the pool starts meanwhile. "+
+		"Teardown counts no vCPU time (the VM is gone when it is sampled). Milliseconds of CPU.\n\n")
+	fmt.Fprintf(b, "| runtime | phase | CPU | of it vCPU threads | vCPU share | outside the guest |\n|---|---|---:|---:|---:|---:|\n")
+	for _, s := range r.series {
+		n := len(s.starts)
+		fmt.Fprintf(b, "| %s | pod start (sequential) | %s |\n", s.label, s.cpuStart.per(n).cells())
+		fmt.Fprintf(b, "| %s | teardown (sequential) | %.0f | | | |\n", s.label, ms(s.cpuTeardown.per(n).host))
+	}
+	for _, name := range []string{r.ctrd, r.gvisor, r.tpl} {
+		if u, ok := r.rateCPU[name]; ok {
+			fmt.Fprintf(b, "| %s | creation rate, %d pods by %d clients | %s |\n", name, r.rateN, r.clients, u.cells())
+		}
+	}
+	for _, name := range []string{r.ctrd, r.tpl} {
+		if bu, ok := r.bursts[name]; ok {
+			fmt.Fprintf(b, "| %s | burst, %d pods by %d clients | %s |\n", name, r.burstN, r.burstClients, bu.cpu.cells())
+		}
+	}
 }
 
 // seriesOf is the latency series of the named runtime, nil if none.

@@ -122,7 +122,8 @@ func (d *Driver) args(cfg vm.Config, l launch) ([]string, []*os.File) {
 	console := f.add(l.console)
 	f.add(l.consoleKeep) // inherited and held, never used (see prepare)
 	args := []string{
-		"-name", "hyperlet-" + cfg.ID,
+		"-name", "hyperlet-" + cfg.ID, // how a restarted daemon knows its VMs (attach.go)
+		"-name", "debug-threads=on", // vCPU threads named "CPU n/TCG"
 		"-sandbox", sandboxArgs,
 		"-M", machine,
 		"-accel", accel,
