@@ -49,8 +49,9 @@ func sampleCPU() cpuSample {
 	return s
 }
 
-// hostBusyTicks sums /proc/stat's cpu line but idle and iowait (and the
-// guest fields, which user already counts).
+// hostBusyTicks sums /proc/stat's cpu line but idle, iowait, steal (time
+// the machine's own hypervisor took) and the guest fields (which user
+// already counts).
 func hostBusyTicks() int64 {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
@@ -60,7 +61,7 @@ func hostBusyTicks() int64 {
 	f := strings.Fields(line)
 	var t int64
 	for i, v := range f[1:] {
-		if i == 3 || i == 4 || i >= 8 { // idle, iowait, guest, guest_nice
+		if i == 3 || i == 4 || i >= 7 { // idle, iowait, steal, guest, guest_nice
 			continue
 		}
 		n, _ := strconv.ParseInt(v, 10, 64)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 
 	const step = 25
 	var pods []*pod
+	load := sampleLoad()
 	t0 := time.Now()
 	for len(pods) < n {
 		// Stop short rather than let the node run out of memory: the
@@ -52,7 +54,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		}
 		fmt.Printf("  %d pods (+%d in %s), host MemAvailable %d MiB\n", len(pods), len(more), took.Round(time.Millisecond), memAvailableMiB())
 	}
-	ramp := time.Since(t0)
+	ramp, rampLoad := time.Since(t0), load()
 
 	// Every pod Ready and exec-able, checked by 4 clients as a node's
 	// probes would be.
@@ -79,7 +81,12 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		return err
 	}
 	availAt := memAvailableMiB()
-	load, _ := os.ReadFile("/proc/loadavg")
+	// What the idle pods cost the node: its busy CPU over 30 s, once the
+	// checks' load has passed.
+	idle, err := idleBusy(ctx, 30*time.Second)
+	if err != nil {
+		return err
+	}
 	tplMiB := float64(readVMStatus(ctx, e).TemplateBytes) / (1 << 20)
 
 	t2 := time.Now()
@@ -110,7 +117,8 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	fmt.Fprintf(&s, "| PSS per idle pod (its QEMU) | %.1f MiB, of which %.1f MiB TCG translation cache |\n", pss.pss, pss.tcg)
 	fmt.Fprintf(&s, "| template RAM files on tmpfs | %.1f MiB |\n", tplMiB)
 	fmt.Fprintf(&s, "| host MemAvailable before / with %d pods | %d / %d MiB (%.1f MiB per pod) |\n", n, availBefore, availAt, float64(availBefore-availAt)/float64(n))
-	fmt.Fprintf(&s, "| load average with %d idle pods | %s |\n", n, strings.Join(strings.Fields(string(load))[:3], " "))
+	fmt.Fprintf(&s, "| highest 1-minute load average while ramping up | %.1f |\n", rampLoad)
+	fmt.Fprintf(&s, "| node CPU busy with %d idle pods (30 s, all CPUs) | %.1f %% (%.2f %% of one CPU per pod) |\n", n, idle, idle*float64(cpuCount())/float64(n))
 	fmt.Fprintf(&s, "| teardown of all (4 clients) | %s |\n", down.Round(time.Second))
 	fmt.Fprintf(&s, "| left after teardown: pods, pod QEMUs, netns | %d, %d, %d |\n", len(list.Items), leftVMs, leftNS)
 	fmt.Println()
@@ -126,6 +134,20 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 	}
 	return nil
 }
+
+// idleBusy is the machine's busy share of all CPUs over d, in %.
+func idleBusy(ctx context.Context, d time.Duration) (float64, error) {
+	t0, start := hostBusyTicks(), time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(d):
+	}
+	busy := float64(hostBusyTicks()-t0) / userHZ
+	return 100 * busy / time.Since(start).Seconds() / float64(cpuCount()), nil
+}
+
+func cpuCount() int { return runtime.NumCPU() }
 
 // densityHeadroomMiB is the host memory the ramp leaves free.
 const densityHeadroomMiB = 1024
