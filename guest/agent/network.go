@@ -17,14 +17,14 @@ import (
 // setupNetwork brings up lo and configures the pod's NICs and routes. It is
 // idempotent: existing addresses and routes are kept.
 //
-// An interface without addresses is only prepared: a warm VM brings its
-// NIC up before any pod is known, so that the pod's setup pays for no link
-// start (under TCG the kernel's link-up work, run on the NIC's first up,
-// delayed the route that followed by 50-100 ms). A prepared NIC gets no
-// IPv6 link-local address: the warm VM's MAC is not the pod's, and clones
-// of one template share it, so on one bridge their link-locals would
-// collide. When the pod's addresses come, after its MAC is set, the kernel
-// generates the link-local from that MAC.
+// A NIC marked prepare is only brought up: a warm VM does it before any pod
+// is known, so that the pod's setup pays for no link start (under TCG the
+// kernel's link-up work, run on a NIC's first up, delayed the route that
+// followed by 50-100 ms). A prepared NIC gets no IPv6 link-local address:
+// the warm VM's MAC is not the pod's, and clones of one template share it,
+// so on one bridge their link-locals would collide. The pod's setup, after
+// its MAC, addresses and routes, turns address generation back on, and the
+// kernel makes the link-local from the pod's MAC.
 func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
@@ -37,6 +37,7 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 	if err != nil {
 		return status.Errorf(codes.Internal, "list links: %v", err)
 	}
+	var configured []string // the pod's NICs, configured now
 	for _, ifc := range ifaces {
 		mac, err := net.ParseMAC(ifc.Mac)
 		if err != nil {
@@ -80,7 +81,7 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 			}
 		}
 		name := link.Attrs().Name
-		if link.Attrs().Flags&net.FlagUp == 0 && len(ifc.Addresses) == 0 {
+		if ifc.Prepare && link.Attrs().Flags&net.FlagUp == 0 {
 			if err := setAddrGenMode(name, addrGenNone); err != nil {
 				return status.Errorf(codes.Internal, "IPv6 address generation of %s: %v", name, err)
 			}
@@ -88,10 +89,8 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 		if err := netlink.LinkSetUp(link); err != nil {
 			return status.Errorf(codes.Internal, "bring up %s: %v", name, err)
 		}
-		if len(ifc.Addresses) > 0 {
-			if err := setAddrGenMode(name, addrGenEUI64); err != nil {
-				return status.Errorf(codes.Internal, "IPv6 address generation of %s: %v", name, err)
-			}
+		if !ifc.Prepare {
+			configured = append(configured, name)
 		}
 	}
 	for _, r := range routes {
@@ -105,6 +104,13 @@ func setupNetwork(ifaces []*agentapi.Interface, routes []*agentapi.Route) error 
 		}
 		if err := netlink.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
 			return status.Errorf(codes.Internal, "route %s via %s: %v", r.Dest, r.Gateway, err)
+		}
+	}
+	// Last, since making the link-local (and its duplicate detection)
+	// holds the lock the routes above need.
+	for _, name := range configured {
+		if err := setAddrGenMode(name, addrGenEUI64); err != nil {
+			return status.Errorf(codes.Internal, "IPv6 address generation of %s: %v", name, err)
 		}
 	}
 	return nil

@@ -14,8 +14,8 @@ import (
 // userHZ is the unit of /proc's CPU times.
 const userHZ = 100
 
-// vcpuThread names a QEMU vCPU thread (QEMU names them with
-// -name ...,debug-threads=on): "CPU 0/TCG", "CPU 1/KVM".
+// vcpuThread names a QEMU vCPU thread (QEMU names its threads with
+// -name debug-threads=on): "CPU 0/TCG", "CPU 1/KVM".
 var vcpuThread = regexp.MustCompile(`^CPU \d+/(TCG|KVM)$`)
 
 // cpuSample is the machine's CPU time and each vCPU thread's at one moment.
@@ -68,6 +68,18 @@ func hostBusyTicks() int64 {
 		t += n
 	}
 	return t
+}
+
+// cpuCount is the number of CPUs /proc/stat's cpu line sums.
+func cpuCount() int {
+	b, _ := os.ReadFile("/proc/stat")
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(l) > 3 && strings.HasPrefix(l, "cpu") && l[3] >= '0' && l[3] <= '9' {
+			n++
+		}
+	}
+	return max(n, 1)
 }
 
 // statTicks is utime + stime of a /proc stat file.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -50,6 +49,7 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		more, took, err := startMany(ctx, e, b.logs, min(step, n-len(pods)), 4)
 		pods = append(pods, more...)
 		if err != nil {
+			stopMany(ctx, e, pods, 4)
 			return fmt.Errorf("after %d pods: %w", len(pods), err)
 		}
 		fmt.Printf("  %d pods (+%d in %s), host MemAvailable %d MiB\n", len(pods), len(more), took.Round(time.Millisecond), memAvailableMiB())
@@ -146,8 +146,6 @@ func idleBusy(ctx context.Context, d time.Duration) (float64, error) {
 	busy := float64(hostBusyTicks()-t0) / userHZ
 	return 100 * busy / time.Since(start).Seconds() / float64(cpuCount()), nil
 }
-
-func cpuCount() int { return runtime.NumCPU() }
 
 // densityHeadroomMiB is the host memory the ramp leaves free.
 const densityHeadroomMiB = 1024

@@ -205,7 +205,8 @@ func (r *report) cpuSection(b *strings.Builder) {
 	fmt.Fprintf(b, "\n## CPU per pod\n\nCPU time of the whole machine (all CPUs, /proc/stat, idle excluded) while each phase ran, per pod, and the part "+
 		"spent in hyperlet's vCPU threads (QEMU's `CPU n/TCG`, from their /proc stat): under TCG that is the guest's emulated run time, "+
 		"which a KVM host runs natively at a fraction of it. *Outside the guest* is the rest: daemons, QEMU's main loop and I/O, CNI, "+
-		"the host kernel, what a KVM host pays too. A warm-pool start includes the replacement warm VM the pool starts meanwhile. "+
+		"the host kernel, what a KVM host pays too. A warm-pool start includes the part of the replacement warm VM's start that ran before it returned; "+
+		"the rest lands in its teardown or the next row's start. "+
 		"Teardown counts no vCPU time (the VM is gone when it is sampled). Milliseconds of CPU.\n\n")
 	fmt.Fprintf(b, "| runtime | phase | CPU | of it vCPU threads | vCPU share | outside the guest |\n|---|---|---:|---:|---:|---:|\n")
 	for _, s := range r.series {

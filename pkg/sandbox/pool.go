@@ -237,7 +237,7 @@ func (pl *pool) start() (_ *warmVM, retErr error) {
 	// pod's own setup skips what is done.
 	prep := &agent.PodSetup{SharedFs: true}
 	if cfg.Net != nil {
-		prep.Interfaces = []*agentapi.Interface{{Mac: cfg.Net.MAC}}
+		prep.Interfaces = []*agentapi.Interface{{Mac: cfg.Net.MAC, Prepare: true}}
 	}
 	if err := c.SetupPod(ctx, prep); err != nil {
 		return nil, fmt.Errorf("prepare warm VM: %w", err)

@@ -946,7 +946,8 @@ func TestCRINetworking(t *testing.T) {
 	webCfg := podConfig("web")
 	webCfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: 18080}}
 	web := d.runPod(ctx, webCfg)
-	d.createStart(ctx, web, webCfg, ctrConfig("httpd", "sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"))
+	httpd := d.createStart(ctx, web, webCfg, ctrConfig("httpd", "sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"))
+	d.checkLinkLocal(ctx, httpd)
 	ps, err := d.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: web})
 	if err != nil {
 		t.Fatal(err)

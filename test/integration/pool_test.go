@@ -59,6 +59,25 @@ func (d *criDaemon) podBoot(ctx context.Context, id string) string {
 	return info.Boot
 }
 
+// checkLinkLocal fails unless the container's eth0 has one IPv6 link-local
+// address, the one the kernel makes from the NIC's MAC: the pod's own,
+// whether its VM booted, was cloned or was warm.
+func (d *criDaemon) checkLinkLocal(ctx context.Context, ctr string) {
+	d.t.Helper()
+	r, err := d.exec(ctx, ctr, 30, "sh", "-c", "cat /sys/class/net/eth0/address; ip -6 -o addr show dev eth0 scope link")
+	if err != nil || r.ExitCode != 0 {
+		d.t.Fatalf("NIC addresses: %v %v", r, err)
+	}
+	lines := strings.SplitN(strings.TrimSpace(string(r.Stdout)), "\n", 2)
+	mac, err := net.ParseMAC(lines[0])
+	if err != nil || len(lines) != 2 {
+		d.t.Fatalf("NIC addresses: %q", r.Stdout)
+	}
+	if want := linkLocal(mac); !strings.Contains(lines[1], " "+want+"/64 ") || strings.Count(lines[1], "inet6") != 1 {
+		d.t.Fatalf("IPv6 link-local of a pod with MAC %s: %q, want only %s", mac, lines[1], want)
+	}
+}
+
 // linkLocal is the EUI-64 IPv6 link-local address the kernel makes from a
 // MAC.
 func linkLocal(mac net.HardwareAddr) string {
@@ -117,20 +136,8 @@ func TestCRIWarmPool(t *testing.T) {
 		t.Fatalf("GET %s from a warm VM pod: %q", url, got)
 	}
 	// The warm VM's NIC was up before the pod was known, under another
-	// MAC (the template's, shared by every clone): its IPv6 link-local
-	// must still be the pod's own, made from the pod's MAC.
-	r, err := d.exec(ctx, httpd, 30, "sh", "-c", "cat /sys/class/net/eth0/address; ip -6 -o addr show dev eth0 scope link")
-	if err != nil || r.ExitCode != 0 {
-		t.Fatalf("NIC addresses: %v %v", r, err)
-	}
-	lines := strings.SplitN(strings.TrimSpace(string(r.Stdout)), "\n", 2)
-	mac, err := net.ParseMAC(lines[0])
-	if err != nil || len(lines) != 2 {
-		t.Fatalf("NIC addresses: %q", r.Stdout)
-	}
-	if want := linkLocal(mac); !strings.Contains(lines[1], " "+want+"/64 ") || strings.Count(lines[1], "inet6") != 1 {
-		t.Fatalf("IPv6 link-local of a warm VM pod with MAC %s: %q, want only %s", mac, lines[1], want)
-	}
+	// MAC (the template's, shared by every clone).
+	d.checkLinkLocal(ctx, httpd)
 
 	// Other tests' daemons share the template directory: count from here.
 	templatesBefore := len(d.vmStatus(ctx).Templates)

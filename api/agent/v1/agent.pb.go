@@ -1252,7 +1252,12 @@ type Interface struct {
 	CurrentMac string `protobuf:"bytes,4,opt,name=current_mac,json=currentMac,proto3" json:"current_mac,omitempty"`
 	Mtu        uint32 `protobuf:"varint,2,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// addresses in CIDR notation.
-	Addresses     []string `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Addresses []string `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// prepare brings the NIC (mac: the one it has) up ahead, as a warm VM
+	// does before any pod is known: no addresses and no IPv6 link-local
+	// (its MAC is not the pod's yet). A later setup without it configures
+	// the NIC, and the kernel then makes the link-local from the pod's MAC.
+	Prepare       bool `protobuf:"varint,5,opt,name=prepare,proto3" json:"prepare,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1313,6 +1318,13 @@ func (x *Interface) GetAddresses() []string {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *Interface) GetPrepare() bool {
+	if x != nil {
+		return x.Prepare
+	}
+	return false
 }
 
 type Route struct {
@@ -2399,13 +2411,14 @@ const file_agent_proto_rawDesc = "" +
 	"\tIDMapping\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\rR\vcontainerId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\rR\x06hostId\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\rR\x04size\"n\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"\x88\x01\n" +
 	"\tInterface\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x1f\n" +
 	"\vcurrent_mac\x18\x04 \x01(\tR\n" +
 	"currentMac\x12\x10\n" +
 	"\x03mtu\x18\x02 \x01(\rR\x03mtu\x12\x1c\n" +
-	"\taddresses\x18\x03 \x03(\tR\taddresses\"5\n" +
+	"\taddresses\x18\x03 \x03(\tR\taddresses\x12\x18\n" +
+	"\aprepare\x18\x05 \x01(\bR\aprepare\"5\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04dest\x18\x01 \x01(\tR\x04dest\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\"\x82\x01\n" +
