@@ -40,8 +40,9 @@ func (b *bench) density(ctx context.Context, n int, out string) error {
 		// Stop short rather than let the node run out of memory: the
 		// next step must leave headroom at the last step's cost per pod.
 		if len(pods) > 0 {
-			per := (availBefore - memAvailableMiB()) / int64(len(pods))
-			if left := memAvailableMiB() - per*step; left < densityHeadroomMiB {
+			avail := memAvailableMiB()
+			per := (availBefore - avail) / int64(len(pods))
+			if left := avail - per*step; left < densityHeadroomMiB {
 				stopMany(ctx, e, pods, 4)
 				return fmt.Errorf("after %d pods (%d MiB each): %d more would leave %d MiB of host memory, under %d MiB", len(pods), per, step, left, densityHeadroomMiB)
 			}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -225,17 +224,8 @@ func podIdleCPU(ctx context.Context, e *endpoint, pods []*pod, d time.Duration) 
 	ticks := func() int64 {
 		var t int64
 		for _, pid := range pids {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-			if err != nil {
-				continue
-			}
-			// Fields after the command (which may hold spaces): state is
-			// field 3, utime 14, stime 15.
-			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-			if len(f) > 13 {
-				u, _ := strconv.ParseInt(f[11], 10, 64)
-				s, _ := strconv.ParseInt(f[12], 10, 64)
-				t += u + s
+			if n, ok := statTicks(fmt.Sprintf("/proc/%d/stat", pid)); ok {
+				t += n
 			}
 		}
 		return t
@@ -246,7 +236,7 @@ func podIdleCPU(ctx context.Context, e *endpoint, pods []*pod, d time.Duration) 
 		return 0, ctx.Err()
 	case <-time.After(d):
 	}
-	used := float64(ticks()-t0) / 100 // USER_HZ
+	used := float64(ticks()-t0) / userHZ
 	return used / time.Since(start).Seconds() * 100 / float64(len(pods)), nil
 }
 
