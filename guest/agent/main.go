@@ -49,8 +49,10 @@ func main() {
 		}
 	}
 
-	// Before the agent answers, so a template's clones inherit the copy.
+	// Before the agent answers, so a template's clones inherit the copy
+	// and the warmed-up tables.
 	runtimeExe()
+	warmUp()
 
 	procs := newProcTable()
 	sigch := make(chan os.Signal, 16)

@@ -157,9 +157,10 @@ type VM struct {
 	MemoryMiB int `toml:"memory_mib"`
 	// MaxMemoryMiB caps a pod VM sized up for its pod's limits (0: no cap).
 	MaxMemoryMiB int `toml:"max_memory_mib"`
-	// TCGCacheMiB bounds TCG's translation cache per VM (host memory). A
-	// guest running runc fills 64 MiB; 16 costs some retranslation at
-	// container start and saves ~48 MiB per VM (docs/performance.md).
+	// TCGCacheMiB bounds TCG's translation cache per VM (host memory, all
+	// of it resident once full). A warm-pool pod start needs ~40 MiB; 16
+	// retranslates (~25 % slower first container start, 2x the second)
+	// and saves 16-24 MiB per VM (docs/performance.md).
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// KernelArgs are appended to the guest kernel command line.
 	KernelArgs []string `toml:"kernel_args"`
