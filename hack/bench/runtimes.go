@@ -148,6 +148,8 @@ type hyperletMode struct {
 	name      string
 	templates bool
 	pool      int
+	// tcgCacheMiB overrides vm.tcg_cache_mib (0: hyperlet's default).
+	tcgCacheMiB int
 }
 
 func startHyperlet(ctx context.Context, bin, work, cniDir, registry string, m hyperletMode, cfg benchConfig) (*endpoint, error) {
@@ -157,6 +159,10 @@ func startHyperlet(ctx context.Context, bin, work, cniDir, registry string, m hy
 		return nil, err
 	}
 	tplDir := "/dev/shm/hyperlet-bench-" + m.name
+	tcgCache, tcgLine := config.Default().VM.TCGCacheMiB, ""
+	if m.tcgCacheMiB > 0 {
+		tcgCache, tcgLine = m.tcgCacheMiB, fmt.Sprintf("tcg_cache_mib = %d\n", m.tcgCacheMiB)
+	}
 	conf := fmt.Sprintf(`[vm]
 kernel = %q
 initrd = %q
@@ -164,20 +170,20 @@ accel = %q
 templates = %t
 template_dir = %q
 pool_size = %d
-
+%s
 [cni]
 conf_dir = %q
 bin_dirs = ["/usr/lib/cni"]
 
 [registry.mirrors."docker.io"]
 endpoint = ["http://%s"]
-`, cfg.kernel, cfg.initrd, cfg.accel, m.templates, tplDir, m.pool, cniDir, registry)
+`, cfg.kernel, cfg.initrd, cfg.accel, m.templates, tplDir, m.pool, tcgLine, cniDir, registry)
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
 	e := &endpoint{name: "hyperlet " + m.name, socket: filepath.Join(dir, "hyperlet.sock")}
 	if cfg.accel != "kvm" {
-		e.tcgCacheMiB = config.Default().VM.TCGCacheMiB
+		e.tcgCacheMiB = tcgCache
 	}
 	state := filepath.Join(dir, "state")
 	if err := startDaemon(e, dir, bin, "--config", filepath.Join(dir, "config.toml"), "--socket", e.socket,
