@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -294,6 +297,7 @@ func startContainerd(ctx context.Context, work, cniDir, registry, gvisorDir stri
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
+		unmountUnder(dir)
 	}
 	if err := e.connect(ctx); err != nil {
 		e.stop()
@@ -405,4 +409,23 @@ func tcgCacheKiB(pids []int, sizeMiB int) int64 {
 func kB(v string) int64 {
 	n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 	return n
+}
+
+// unmountUnder detaches what a killed daemon left mounted under dir (the
+// runsc shim's network namespace bind, for one), deepest first.
+func unmountUnder(dir string) {
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: read mounts:", err)
+		return
+	}
+	sort.Slice(ms, func(i, j int) bool { return len(ms[i].Mountpoint) > len(ms[j].Mountpoint) })
+	for _, m := range ms {
+		if m.Mountpoint != dir && !strings.HasPrefix(m.Mountpoint, dir+"/") {
+			continue
+		}
+		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: unmount", m.Mountpoint+":", err)
+		}
+	}
 }
