@@ -100,8 +100,11 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "\nhyperlet warm pool / %s (medians): **%s**; template clone / %s: %s.\n", r.gvisor, ratio(pool.median, gs.median),
 			r.gvisor, ratio(summarize(r.series[2].starts).median, gs.median))
 	}
-	if len(r.series) > 4 && strings.Contains(r.series[4].label, "TCG cache") {
-		big, pool := r.series[4], r.series[3]
+	pool := r.series[3]
+	for _, big := range r.series[4:] {
+		if big.e.tcgCacheMiB <= pool.e.tcgCacheMiB {
+			continue // a peer, or no TCG
+		}
 		fmt.Fprintf(&b, "\n%s is the warm pool with `vm.tcg_cache_mib` raised from %d (the default) to %d: whole pod start %s, CreateContainer %s, "+
 			"StartContainer %s the default's (medians); each of its pod VMs keeps up to %d MiB more host memory (docs/performance.md).\n",
 			big.label, pool.e.tcgCacheMiB, big.e.tcgCacheMiB, ratio(summarize(big.starts).median, summarize(pool.starts).median),
