@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/hyperlet/hyperlet/api/agent/v1"
 )
 
 // fill reaches the nested types the agent's JSON paths meet: a warm-up
@@ -46,4 +48,9 @@ func TestFillReachesNestedTypes(t *testing.T) {
 // warmUp covers every agent API message without failing on any.
 func TestWarmUp(t *testing.T) {
 	warmUp()
+	warmed, missing := warmProto(agentapi.File_agent_proto.Messages())
+	if missing != 0 || warmed < agentapi.File_agent_proto.Messages().Len() {
+		t.Errorf("warm-up round-tripped %d agent API messages, %d without a Go type; want every top-level one (%d) and none missing",
+			warmed, missing, agentapi.File_agent_proto.Messages().Len())
+	}
 }
