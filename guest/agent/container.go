@@ -48,9 +48,12 @@ type containers struct {
 	// namespace if sharePID, its user and IPC namespaces if uidMap is set.
 	holderPID int
 	sharePID  bool
-	uidMap    []specs.LinuxIDMapping
-	gidMap    []specs.LinuxIDMapping
-	idmapped  map[string]string // image ID -> its mount idmapped into the pod's user namespace
+	// spare is a holder of a PID namespace alone, started ahead for a pod
+	// that shares one (startSpareHolder).
+	spare    *os.Process
+	uidMap   []specs.LinuxIDMapping
+	gidMap   []specs.LinuxIDMapping
+	idmapped map[string]string // image ID -> its mount idmapped into the pod's user namespace
 }
 
 func newContainers() *containers {

@@ -53,6 +53,10 @@ func main() {
 	// and the warmed-up tables.
 	runtimeExe()
 	warmUp()
+	ctrs := newContainers()
+	if pid1 {
+		ctrs.startSpareHolder()
+	}
 
 	procs := newProcTable()
 	sigch := make(chan os.Signal, 16)
@@ -63,7 +67,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	agentapi.RegisterAgentService(srv, &service{procs: procs, ctrs: newContainers(), shutdown: powerOff})
+	agentapi.RegisterAgentService(srv, &service{procs: procs, ctrs: ctrs, shutdown: powerOff})
 
 	ln := newPortListener(agentapi.Port)
 	for {
@@ -73,8 +77,9 @@ func main() {
 	}
 }
 
-// applyCmdline reads agent settings from the kernel command line
-// (hyperlet.v=N sets the log verbosity).
+// applyCmdline reads agent settings from the kernel command line:
+// hyperlet.v=N sets the log verbosity, hyperlet.page_reporting_order=N the
+// smallest free block (2^N pages) the balloon reports to the host.
 func applyCmdline() {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -84,6 +89,20 @@ func applyCmdline() {
 		if v, ok := strings.CutPrefix(f, "hyperlet.v="); ok {
 			flag.Set("v", v)
 		}
+		if v, ok := strings.CutPrefix(f, "hyperlet.page_reporting_order="); ok {
+			setReportingOrder(v)
+		}
+	}
+}
+
+// setReportingOrder sets free page reporting's order. The balloon driver
+// sets the kernel's default (the pageblock order, 4 MiB here) when it
+// registers, overriding the boot parameter of the same name, so it is set
+// through sysfs once the driver is up.
+func setReportingOrder(v string) {
+	const p = "/sys/module/page_reporting/parameters/page_reporting_order"
+	if err := os.WriteFile(p, []byte(v), 0); err != nil {
+		klog.InfoS("warning: free page reporting order not set", "order", v, "err", err)
 	}
 }
 

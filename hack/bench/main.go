@@ -31,6 +31,7 @@ import (
 
 type benchConfig struct {
 	kernel, initrd, accel string
+	kernelArgs            []string
 }
 
 func main() {
@@ -49,9 +50,10 @@ func main() {
 		accel    = flag.String("accel", "auto", "hyperlet's accelerator")
 		hyperctl = flag.String("hyperctl", "_output/hyperctl", "hyperctl binary, timed running `run --rm IMAGE echo hi` against every runtime")
 		gvisor   = flag.String("gvisor", "", "directory of gVisor's runsc and shim (hack/gvisor.sh): adds containerd+gVisor as a second peer")
+		kargs    = flag.String("kernel-args", "", "space-separated guest kernel arguments added to every hyperlet daemon's vm.kernel_args (A/B runs)")
 	)
 	flag.Parse()
-	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel}
+	cfg := benchConfig{kernel: abs("_output/vmlinux"), initrd: abs("_output/initrd.img"), accel: *accel, kernelArgs: strings.Fields(*kargs)}
 	b := &bench{cfg: cfg, work: *work, registry: *registry, bin: abs(*bin), n: *n, rateN: *rateN, clients: *clients, pool: *poolSize,
 		burstN: *burstN, burstClients: *burstC, gvisor: *gvisor, hyperctl: abs(*hyperctl)}
 	// Interrupted, it still tears down what it started.

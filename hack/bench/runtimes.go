@@ -162,9 +162,16 @@ func startHyperlet(ctx context.Context, bin, work, cniDir, registry string, m hy
 		return nil, err
 	}
 	tplDir := "/dev/shm/hyperlet-bench-" + m.name
-	tcgCache, tcgLine := config.Default().VM.TCGCacheMiB, ""
+	tcgCache, vmLines := config.Default().VM.TCGCacheMiB, ""
 	if m.tcgCacheMiB > 0 {
-		tcgCache, tcgLine = m.tcgCacheMiB, fmt.Sprintf("tcg_cache_mib = %d\n", m.tcgCacheMiB)
+		tcgCache, vmLines = m.tcgCacheMiB, fmt.Sprintf("tcg_cache_mib = %d\n", m.tcgCacheMiB)
+	}
+	if len(cfg.kernelArgs) > 0 {
+		q := make([]string, len(cfg.kernelArgs))
+		for i, a := range cfg.kernelArgs {
+			q[i] = strconv.Quote(a)
+		}
+		vmLines += "kernel_args = [" + strings.Join(q, ", ") + "]\n"
 	}
 	conf := fmt.Sprintf(`[vm]
 kernel = %q
@@ -180,7 +187,7 @@ bin_dirs = ["/usr/lib/cni"]
 
 [registry.mirrors."docker.io"]
 endpoint = ["http://%s"]
-`, cfg.kernel, cfg.initrd, cfg.accel, m.templates, tplDir, m.pool, tcgLine, cniDir, registry)
+`, cfg.kernel, cfg.initrd, cfg.accel, m.templates, tplDir, m.pool, vmLines, cniDir, registry)
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}

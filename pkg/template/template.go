@@ -38,8 +38,10 @@ import (
 // format is bumped whenever what a template holds, or how VMs resume from
 // it, changes in a way that makes old templates unusable. 2: TCG templates
 // boot with their TSC rate given (tsc_early_khz); a format 1 one may have
-// lost its TSC (pkg/vm/qemu/tsc.go).
-const format = 2
+// lost its TSC (pkg/vm/qemu/tsc.go). 3: the guest does not report free
+// pages (pkg/vm/qemu, noReportArgs) and its agent holds a spare PID
+// namespace.
+const format = 3
 
 // Files in a template directory.
 const (

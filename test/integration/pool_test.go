@@ -138,6 +138,13 @@ func TestCRIWarmPool(t *testing.T) {
 	// The warm VM's NIC was up before the pod was known, under another
 	// MAC (the template's, shared by every clone).
 	d.checkLinkLocal(ctx, httpd)
+	// A clone's RAM is the template's sealed file, so its guest does not
+	// report free pages (QEMU could only try to punch holes in that file);
+	// the pod shares the PID namespace of the holder its template started.
+	r, err := d.exec(ctx, httpd, 30, "sh", "-c", "cat /sys/module/page_reporting/parameters/page_reporting_order; tr '\\0' ' ' < /proc/1/cmdline")
+	if err != nil || r.ExitCode != 0 || string(r.Stdout) != "11\n/init pause " {
+		t.Fatalf("warm VM pod: reporting order and PID 1 %q, want %q: %v %v", r.GetStdout(), "11\n/init pause ", r, err)
+	}
 
 	// Other tests' daemons share the template directory: count from here.
 	templatesBefore := len(d.vmStatus(ctx).Templates)

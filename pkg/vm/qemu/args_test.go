@@ -24,7 +24,7 @@ func TestArgs(t *testing.T) {
 				"-kernel /vm/kernel -initrd /vm/initrd",
 				"local,id=shared,path=/share,security_model=mapped-xattr", "virtio-9p-device,fsdev=shared,mount_tag=hyperlet",
 				"tsc=reliable", "virtio-balloon-device,free-page-reporting=on"},
-			[]string{"pit=off", "-cpu host", "-incoming", "memory-backend", "exec:", "passthrough", "/run/h", "-pidfile"}},
+			[]string{"pit=off", "-cpu host", "-incoming", "memory-backend", "exec:", "passthrough", "/run/h", "-pidfile", "page_reporting_order"}},
 		{vm.AccelKVM,
 			[]string{"-accel kvm", "pit=off,pic=off", "-cpu host", "tsc=reliable"},
 			[]string{"tb-size"}},
@@ -41,7 +41,7 @@ func TestArgs(t *testing.T) {
 		t.Errorf("clone inherits %d files, state on fd %s", len(files), stateFD(files))
 	}
 	for _, w := range []string{"memory-backend=mem", "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/7,share=off",
-		"-incoming defer", "-netdev hubport,id=net0,hubid=0", "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"} {
+		"-incoming defer", "-netdev hubport,id=net0,hubid=0", "hyperlet.page_reporting_order=11", "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"} {
 		if !strings.Contains(line, w) {
 			t.Errorf("clone: command line lacks %q:\n%s", w, line)
 		}
