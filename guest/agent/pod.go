@@ -121,9 +121,10 @@ func holderCmd(attr *syscall.SysProcAttr) *exec.Cmd {
 // own before the agent first answers, so that a template's clones inherit
 // it running: a pod that shares one PID namespace (the CRI's default when
 // the caller does not say) adopts it instead of starting a Go process under
-// the pod's start, which under TCG cost ~140 ms of RunPodSandbox and, by
-// the translations it displaced, more of the container starts after it. A
-// pod that does not share one, or has a user namespace, leaves it idle.
+// the pod's start. Under TCG that start ran beside the pod's first
+// CreateContainer and displaced its translations: ~0.3 s of a ~1.5 s pod
+// start (docs/performance.md). A pod that does not share one, or has a
+// user namespace, leaves it idle.
 func (c *containers) startSpareHolder() {
 	cmd := holderCmd(&syscall.SysProcAttr{Setsid: true, Cloneflags: unix.CLONE_NEWPID})
 	if err := cmd.Start(); err != nil {
