@@ -28,6 +28,17 @@ type pod struct {
 
 func (p *pod) total() time.Duration { return p.run + p.create + p.start }
 
+// kubeletNamespaces is what kubelet sends for a pod that asks for no host
+// namespaces and does not set shareProcessNamespace: the pod's network and
+// IPC namespaces, a PID namespace per container.
+func kubeletNamespaces() *runtimeapi.NamespaceOption {
+	return &runtimeapi.NamespaceOption{
+		Network: runtimeapi.NamespaceMode_POD,
+		Pid:     runtimeapi.NamespaceMode_CONTAINER,
+		Ipc:     runtimeapi.NamespaceMode_POD,
+	}
+}
+
 func podConfig(logRoot string) *runtimeapi.PodSandboxConfig {
 	n := podSeq.Add(1)
 	name := fmt.Sprintf("bench-%d-%d", os.Getpid(), n)
@@ -37,7 +48,9 @@ func podConfig(logRoot string) *runtimeapi.PodSandboxConfig {
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name, Attempt: 0},
 		Hostname:     name,
 		LogDirectory: logDir,
-		Linux:        &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{}},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: kubeletNamespaces(),
+		}},
 	}
 }
 
@@ -59,6 +72,9 @@ func startPod(ctx context.Context, e *endpoint, logRoot string) (*pod, error) {
 			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
 			Command:  []string{"sleep", "86400"},
 			LogPath:  "idle.log",
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				NamespaceOptions: kubeletNamespaces(),
+			}},
 		},
 	})
 	if err != nil {
