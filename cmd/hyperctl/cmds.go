@@ -83,6 +83,7 @@ func (c *cli) follow(ctx context.Context, id string, wait bool) error {
 	r := bufio.NewReader(f)
 	var pending string
 	exited := false
+	idle := 0 // polls in a row that found no new output
 	for {
 		line, err := r.ReadString('\n')
 		if err == io.EOF {
@@ -96,14 +97,19 @@ func (c *cli) follow(ctx context.Context, id string, wait bool) error {
 				return serr
 			}
 			if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
-				exited = true // one more pass picks up the last lines
+				// A runtime reports the exit once the output is in the
+				// log: one more pass picks up the last lines.
+				exited = true
+				continue
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(pollDelay(idle))
+			idle++
 			continue
 		}
 		if err != nil {
 			return err
 		}
+		idle = 0
 		line, pending = pending+line, ""
 		// <timestamp> <stream> <P|F> <content>
 		parts := strings.SplitN(strings.TrimSuffix(line, "\n"), " ", 4)
@@ -123,6 +129,13 @@ func (c *cli) follow(ctx context.Context, id string, wait bool) error {
 		}
 		io.WriteString(out, content)
 	}
+}
+
+// pollDelay is the wait before the next status poll after n that found
+// nothing new: short at first, so a command that exits at once is seen to
+// at once, backing off to 100 ms for one that keeps running.
+func pollDelay(n int) time.Duration {
+	return min(5*time.Millisecond<<min(n, 5), 100*time.Millisecond)
 }
 
 func (c *cli) stop(ctx context.Context, timeout int64, args []string) error {

@@ -194,7 +194,7 @@ func (c *cli) run(ctx context.Context, o *runOpts, args []string) error {
 }
 
 func (c *cli) waitExit(ctx context.Context, id string) (*runtimeapi.ContainerStatus, error) {
-	for {
+	for n := 0; ; n++ {
 		st, err := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
 			return nil, err
@@ -202,7 +202,7 @@ func (c *cli) waitExit(ctx context.Context, id string) (*runtimeapi.ContainerSta
 		if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
 			return st.Status, nil
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(pollDelay(n))
 	}
 }
 
