@@ -144,11 +144,13 @@ func redirect(from, to netlink.Link, drop ...uint16) error {
 	if err := netlink.QdiscAdd(qdisc); err != nil {
 		return fmt.Errorf("ingress qdisc on %s: %w", from.Attrs().Name, err)
 	}
-	for _, proto := range drop {
+	// One priority per protocol (tc keeps one protocol per priority); the
+	// redirect comes after them all.
+	for i, proto := range drop {
 		filter := &netlink.U32{
 			FilterAttrs: netlink.FilterAttrs{
 				LinkIndex: from.Attrs().Index, Parent: netlink.MakeHandle(0xffff, 0),
-				Priority: 1, Protocol: proto,
+				Priority: uint16(1 + i), Protocol: proto,
 			},
 			ClassId: netlink.MakeHandle(1, 1),
 		}
@@ -159,7 +161,7 @@ func redirect(from, to netlink.Link, drop ...uint16) error {
 	filter := &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: from.Attrs().Index, Parent: netlink.MakeHandle(0xffff, 0),
-			Priority: 2, Protocol: unix.ETH_P_ALL,
+			Priority: uint16(1 + len(drop)), Protocol: unix.ETH_P_ALL,
 		},
 		Actions: []netlink.Action{&netlink.MirredAction{
 			ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
